@@ -1,0 +1,34 @@
+# Two entry points a fresh machine needs: `make test` and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch lies on this workplace's disk; elsewhere override TORCH_SPEC
+# (e.g. TORCH_SPEC="torch" for the default CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: test demo install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,demo]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest's exit code 5 means "no test collected": not a failure of the build.
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+demo: $(STAMP)
+	$(VENV)/bin/harmony demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/harmony bench $(BENCH_ARGS)
+
+clean:
+	rm -rf demo-output bench-results .pytest_cache

@@ -1,0 +1,172 @@
+"""Seeded, randomly initialised checkpoints in the diffusers layout.
+
+No pretrained weights can be downloaded in CI, so tests build a tiny SD-inpainting-shaped
+checkpoint (9-channel UNet, 8x VAE) and benchmarks build the full-size
+Stable-Diffusion-1.5-inpainting architecture from its published config: random weights,
+same compute as the real model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+
+from .checkpoints import NULL_EMBEDDING_FILE, NULL_EMBEDDING_KEY
+from .refiner import UNet2DCustom
+
+Arch = Literal["tiny", "sd15-inpaint"]
+
+# Stable Diffusion 1.x scheduler config (scheduler/scheduler_config.json of SD-1.5-inpainting).
+SD_SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+UNET_CONFIGS = {
+    "sd15-inpaint": dict(
+        sample_size=64,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ),
+    "tiny": dict(
+        sample_size=16,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ),
+}
+
+VAE_CONFIGS = {
+    "sd15-inpaint": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    ),
+    # Four blocks, so the same 8x spatial factor as the real VAE.
+    "tiny": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    ),
+}
+
+# The released refiner configs (configs/stage2_configs/base.json), with the 7-channel input.
+REFINER_CONFIGS = {
+    "sd15-inpaint": dict(
+        sample_size=256,
+        in_channels=7,
+        out_channels=3,
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        downsample_padding=0,
+        attention_head_dim=None,
+        norm_num_groups=32,
+        norm_eps=1e-6,
+        add_attention=True,
+        input_residual=True,
+    ),
+    "tiny": dict(
+        sample_size=64,
+        in_channels=7,
+        out_channels=3,
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        downsample_padding=0,
+        attention_head_dim=None,
+        norm_num_groups=4,
+        norm_eps=1e-6,
+        add_attention=True,
+        input_residual=True,
+    ),
+}
+
+
+def build_unet(arch: Arch, seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET_CONFIGS[arch])
+
+
+def build_vae(arch: Arch, seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed + 1)
+    return AutoencoderKL(**VAE_CONFIGS[arch])
+
+
+def build_refiner(arch: Arch, seed: int = 0) -> UNet2DCustom:
+    torch.manual_seed(seed + 2)
+    model = UNet2DCustom(**REFINER_CONFIGS[arch])
+    # A random refiner would paint noise over the image; start it as the identity (plus
+    # the input residual) so untrained checkpoints keep outputs interpretable.
+    torch.nn.init.zeros_(model.conv_out.weight)
+    torch.nn.init.zeros_(model.conv_out.bias)
+    return model
+
+
+def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refiner: bool = True) -> Path:
+    """Write a diffusers-layout DiffHarmony checkpoint (plus `refiner/`) to a local folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unet = build_unet(arch, seed)
+    vae = build_vae(arch, seed)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    (out / "scheduler").mkdir(exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIG, indent=2))
+    gen = torch.Generator().manual_seed(seed + 3)
+    emb = torch.randn(1, 77, unet.config.cross_attention_dim, generator=gen) * 0.1
+    save_file({NULL_EMBEDDING_KEY: emb.contiguous()}, str(out / NULL_EMBEDDING_FILE))
+    model_index = {
+        "_class_name": "StableDiffusionInpaintPipeline",
+        "_diffusers_version": "0.27.0",
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "harmony": {"arch": arch, "seed": seed, "random_weights": True},
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    if refiner:
+        build_refiner(arch, seed).save_pretrained(out / "refiner", safe_serialization=True)
+    return out

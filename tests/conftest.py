@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny seeded checkpoints built by the project itself, sample images, GPU skipping."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep worker caches and Ray's files inside the test run.
+os.environ.setdefault("HARMONY_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harmony-test-cache-{os.getpid()}"))
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from harmony_ops.factory import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", arch="tiny", seed=0)
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def scene():
+    """A 120x96 composite with a colour-shifted rectangle, its mask and the ground truth."""
+    rng = np.random.default_rng(0)
+    h, w = 96, 120
+    yy, xx = np.mgrid[0:h, 0:w]
+    real = np.stack([xx * 2, yy * 2, (xx + yy)], axis=-1).astype(np.float64) + rng.normal(0, 4, (h, w, 3))
+    real = np.clip(real, 0, 255).astype(np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[30:70, 40:90] = 255
+    comp = real.copy()
+    fg = mask > 0
+    comp[fg] = np.clip(comp[fg].astype(np.int16) * np.array([1.3, 0.8, 0.9]) + 20, 0, 255).astype(np.uint8)
+    return comp, mask, real
