@@ -1,0 +1,159 @@
+"""Guarded image decoding and encoding.
+
+Every way an input can be wrong raises `ImageError` with a machine-readable `kind`, so a
+batch job can turn it into a row's status and reason instead of crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
+ENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+class ImageError(ValueError):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Decoded:
+    array: np.ndarray  # uint8 H x W x 3 (images) or float32 H x W in [0, 1] (masks)
+    orientation: int = 1  # EXIF orientation tag of the file (1 = upright)
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("empty_file", f"{what} is an empty file")
+    with warnings.catch_warnings():
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; make every excess an error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError("too_large", f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            img.load()
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError("too_large", f"{what}: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError("unreadable", f"{what} is not a recognised image") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError("corrupt", f"{what} is truncated or corrupt: {exc}") from exc
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not fail the image
+        return 1
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float modes to 8-bit L, scaling by the mode's range."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
+        a = (a.astype(np.float64) / 65535.0 * 255.0).round()
+    elif img.mode == "F":
+        a = a.astype(np.float64) * (255.0 if a.max(initial=0) <= 1.0 else 1.0)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    notes = []
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img)
+        notes.append("converted_high_bit_depth")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        notes.append("dropped_alpha")
+    if img.mode == "CMYK":
+        notes.append("converted_cmyk")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img, notes
+
+
+def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, list[str]]:
+    """Decode to an RGB PIL image without applying EXIF orientation (the caller decides)."""
+    img = _open(data, what, max_pixels)
+    orientation = _orientation(img)
+    rgb, notes = to_rgb(img)
+    return rgb, orientation, notes
+
+
+def decode_mask(data: bytes, what: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, list[str]]:
+    """Decode to an 8-bit L image; alpha-only masks (transparent background) use their alpha."""
+    img = _open(data, what, max_pixels)
+    orientation = _orientation(img)
+    notes = []
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img)
+        notes.append("converted_high_bit_depth")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
+        img = img.getchannel("A")
+        notes.append("mask_from_alpha")
+    if img.mode != "L":
+        img = img.convert("L")
+    return img, orientation, notes
+
+
+def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    if orientation in (None, 1):
+        return img
+    img.getexif()[0x0112] = orientation  # exif_transpose reads the tag from the image itself
+    img.info.pop("exif", None)
+    out = ImageOps.exif_transpose(img)
+    return out if out is not None else img
+
+
+def oriented_pair(comp: Image.Image, comp_orientation: int, mask: Image.Image, mask_orientation: int) -> tuple[Image.Image, Image.Image, str]:
+    """Orient composite and mask consistently.
+
+    A mask drawn on the stored pixels has the composite's raw size: both get the
+    composite's EXIF orientation. A mask drawn on the displayed (rotated) image already
+    matches the oriented composite: only the composite is rotated. A mask with its own
+    orientation tag is oriented by it.
+    """
+    if mask_orientation not in (None, 1):
+        mask = apply_orientation(mask, mask_orientation)
+        return apply_orientation(comp, comp_orientation), mask, "own"
+    if comp_orientation in (None, 1):
+        return comp, mask, "none"
+    oriented = apply_orientation(comp, comp_orientation)
+    if mask.size == comp.size:
+        return oriented, apply_orientation(mask, comp_orientation), "both"
+    return oriented, mask, "composite_only"
+
+
+def mask_array(mask: Image.Image) -> tuple[np.ndarray, bool]:
+    """Binary float32 mask (>= 0.5 of full scale is foreground) and whether the input was not binary."""
+    a = np.asarray(mask, dtype=np.uint8)
+    binary = bool(np.isin(a, (0, 255)).all())
+    return (a >= 128).astype(np.float32), not binary
+
+
+def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode uint8 H x W x 3; PNG is lossless (compress_level 1 trades size for speed)."""
+    try:
+        pil_fmt = ENCODE_FORMATS[fmt.lower()]
+    except KeyError:
+        raise ValueError(f"image format must be one of {sorted(ENCODE_FORMATS)}, got {fmt!r}") from None
+    buf = io.BytesIO()
+    kwargs = {"compress_level": 1} if pil_fmt == "PNG" else {"quality": quality}
+    Image.fromarray(img).save(buf, format=pil_fmt, **kwargs)
+    return buf.getvalue()

@@ -1,0 +1,60 @@
+"""Decode and check one composite/mask(/ground truth) triple; shared by every job and the single-image command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, mask_array, oriented_pair
+
+
+@dataclass
+class Sample:
+    composite: np.ndarray  # uint8 H x W x 3
+    mask: np.ndarray  # float32 H x W in {0, 1}
+    real: np.ndarray | None = None  # uint8 H x W x 3, ground truth when given
+    notes: list[str] = field(default_factory=list)  # conversions applied, e.g. "mask_binarized"
+
+    @property
+    def fg_ratio(self) -> float:
+        return float(self.mask.mean())
+
+
+def load_sample(
+    composite: bytes,
+    mask: bytes,
+    real: bytes | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Sample:
+    """Raises ImageError(kind, message) for anything a harmonizer cannot run on."""
+    comp_img, comp_or, comp_notes = decode_image(composite, "composite", max_pixels)
+    mask_img, mask_or, mask_notes = decode_mask(mask, "mask", max_pixels)
+    comp_img, mask_img, how = oriented_pair(comp_img, comp_or, mask_img, mask_or)
+    notes = [f"composite_{n}" for n in comp_notes] + [f"mask_{n}" for n in mask_notes]
+    if how != "none":
+        notes.append(f"exif_orientation_{how}")
+    if mask_img.size != comp_img.size:
+        raise ImageError(
+            "size_mismatch",
+            f"mask is {mask_img.size[0]}x{mask_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
+        )
+    m, non_binary = mask_array(mask_img)
+    if non_binary:
+        notes.append("mask_binarized")
+    if not m.any():
+        raise ImageError("empty_mask", "mask has no foreground pixel (after binarising at 0.5)")
+    if m.all():
+        raise ImageError("full_mask", "mask covers the whole image: there is no background to harmonize against")
+    gt = None
+    if real is not None:
+        real_img, real_or, _ = decode_image(real, "real", max_pixels)
+        # Ground truth is a photo stored like the composite: its own tag, else the composite's.
+        real_img = apply_orientation(real_img, real_or if real_or not in (None, 1) else comp_or)
+        if real_img.size != comp_img.size:
+            raise ImageError(
+                "size_mismatch",
+                f"ground truth is {real_img.size[0]}x{real_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
+            )
+        gt = np.asarray(real_img, dtype=np.uint8)
+    return Sample(composite=np.asarray(comp_img, dtype=np.uint8), mask=m, real=gt, notes=notes)
