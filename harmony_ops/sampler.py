@@ -89,10 +89,10 @@ class DiffHarmonySampler:
         """Image sides must be multiples of this (VAE factor x UNet downsampling)."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "DiffHarmonySampler":
-        self.unet.to(device=device, dtype=dtype)
-        self.vae.to(device=device, dtype=dtype)
-        self.null_embedding = self.null_embedding.to(device=device, dtype=dtype or self.null_embedding.dtype)
+    def to(self, device: torch.device | str) -> "DiffHarmonySampler":
+        self.unet.to(device=device)
+        self.vae.to(device=device)
+        self.null_embedding = self.null_embedding.to(device=device)
         return self
 
     @torch.no_grad()

@@ -56,3 +56,44 @@ def scene():
     fg = mask > 0
     comp[fg] = np.clip(comp[fg].astype(np.int16) * np.array([1.3, 0.8, 0.9]) + 20, 0, 255).astype(np.uint8)
     return comp, mask, real
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint on 127.0.0.1 (moto's threaded server) with fake credentials."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ[k] = v
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket; returns (bucket URI, storage options)."""
+    import uuid
+
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}", {"endpoint_url": s3_server}
+
+
+def upload_dir(local: Path, uri: str, options: dict) -> None:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    for p in sorted(Path(local).rglob("*")):
+        if p.is_file():
+            fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")

@@ -1,0 +1,74 @@
+"""Build engines from checkpoint URIs. Device and precision are chosen here, when a model is
+loaded (once per worker), never at import time."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
+from .engines import DEFAULT_REFINE_MAX_PIXELS, BaselineEngine, DiffHarmonyEngine
+from .refiner import UNet2DCustom
+from .sampler import DEFAULT_SCHEDULER, DEFAULT_STEPS, DiffHarmonySampler
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """fp16 on CUDA, fp32 on CPU (half precision on CPU is slow and inaccurate)."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}") from None
+
+
+def load_diffharmony(
+    model: str,
+    unet: str | None = None,
+    vae: str | None = None,
+    refiner: str | None = "auto",
+    scheduler: str = DEFAULT_SCHEDULER,
+    steps: int = DEFAULT_STEPS,
+    device: str = "auto",
+    dtype: str = "auto",
+    storage_options: dict | None = None,
+    allow_pickle: bool = False,
+    refine_max_pixels: int = DEFAULT_REFINE_MAX_PIXELS,
+) -> DiffHarmonyEngine:
+    ckpt = resolve_checkpoint(model, unet, vae, refiner, storage_options, allow_pickle)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    unet_m = load_model(UNet2DConditionModel, ckpt.unet, f"unet ({unet or model})", allow_pickle, dt)
+    vae_m = load_model(AutoencoderKL, ckpt.vae, f"vae ({vae or model})", allow_pickle, dt)
+    null, source = load_null_embedding(ckpt.root, unet_m.config.cross_attention_dim, allow_pickle)
+    log.info("empty-text conditioning from %s", source)
+    sampler = DiffHarmonySampler(unet_m.eval(), vae_m.eval(), load_scheduler_config(ckpt.root), null, scheduler)
+    sampler.to(dev)
+    refiner_m = None
+    if ckpt.refiner is not None:
+        refiner_m = load_model(UNet2DCustom, ckpt.refiner, f"refiner ({refiner})", allow_pickle, dt).eval().to(dev)
+    return DiffHarmonyEngine(sampler, refiner_m, model_id=ckpt.model_id, steps=steps, refine_max_pixels=refine_max_pixels)
+
+
+def load_engine(engine: str, **kwargs):
+    """`diffharmony` (needs `model=`) or `baseline`."""
+    if engine == "baseline":
+        return BaselineEngine()
+    if engine == "diffharmony":
+        if not kwargs.get("model"):
+            raise ValueError("the diffharmony engine needs a model checkpoint (--model URI)")
+        return load_diffharmony(**kwargs)
+    raise ValueError(f"unknown engine {engine!r}; choose diffharmony or baseline")

@@ -1,0 +1,207 @@
+"""The `harmony` command line. Each subcommand parses flags into its typed config and runs a job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .config import ConfigError
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--engine", choices=["diffharmony", "baseline"], help="default: diffharmony with --model, else baseline")
+    g.add_argument("--model", help="DiffHarmony checkpoint (diffusers layout), local path or URI")
+    g.add_argument("--unet", help="override the UNet (model or pipeline folder)")
+    g.add_argument("--vae", help="override the VAE (e.g. sd-vae-ft-mse)")
+    g.add_argument("--refiner", help="refinement U-Net URI, 'none', or 'auto' (default: the model's refiner/ folder)")
+    g.add_argument("--scheduler", help="euler_a (default), euler, ddim, dpmpp_2m")
+    g.add_argument("--steps", type=int, help="denoising steps (default 5)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle weight files (unsafe)")
+    g.add_argument("--resolution", help="auto (default), 512 or 1024")
+    g.add_argument("--feather", type=int, help="feather the paste-back inside the mask edge (px)")
+    g.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+
+
+def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    from .storage import parse_storage_options
+
+    return {
+        "model": {
+            "engine": a.engine,
+            "model": a.model,
+            "unet": a.unet,
+            "vae": a.vae,
+            "refiner": a.refiner,
+            "scheduler": a.scheduler,
+            "steps": a.steps,
+            "device": a.device,
+            "dtype": a.dtype,
+            "allow_pickle": a.allow_pickle,
+        },
+        "resolution": {"mode": a.resolution, "feather": a.feather},
+        "storage_options": parse_storage_options(a.storage_option) or None,
+    }
+
+
+def cmd_image(a: argparse.Namespace) -> int:
+    from .config import ImageJobConfig, build
+    from .image_job import run_image
+
+    flags = _model_overrides(a)
+    flags.update(composite=a.composite, mask=a.mask, output=a.output, seed=a.seed)
+    cfg = build(ImageJobConfig, a.config, flags)
+    engine = cfg.model.engine + ("" if cfg.model.model or cfg.model.engine == "diffharmony" else " (no --model given)")
+    print(f"harmony image: engine {engine}, resolution {cfg.resolution.mode}", file=sys.stderr)
+    r = run_image(cfg)
+    crop = f" crop {r.plan.crop}" if r.plan.crop else ""
+    print(f"wrote {r.output} ({r.width}x{r.height}); inference {r.plan.width}x{r.plan.height}{crop}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r.seconds.items()))
+    print("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.metrics.items()))
+    if r.notes:
+        print("notes: " + ", ".join(r.notes))
+    return 0
+
+
+def _harmonize_flags(a: argparse.Namespace) -> dict[str, Any]:
+    flags = _model_overrides(a)
+    model_pool: dict[str, Any] = {"batch_size": a.batch_size, "num_gpus": a.gpus_per_actor}
+    if a.actors:
+        lo, _, hi = a.actors.partition(",")
+        model_pool.update(min_workers=int(lo), max_workers=int(hi or lo))
+    flags.update(
+        manifest=a.manifest,
+        output=a.output,
+        seed=a.seed,
+        image_format=a.image_format,
+        limit=a.limit,
+        resume=False if a.no_resume else None,
+        max_failed_fraction=a.max_failed_fraction,
+        ray_address=a.ray_address,
+        pools={"model": model_pool},
+    )
+    return flags
+
+
+def cmd_harmonize(a: argparse.Namespace) -> int:
+    from .config import HarmonizeJobConfig, build
+    from .harmonize_job import run_harmonize
+
+    cfg = build(HarmonizeJobConfig, a.config, _harmonize_flags(a))
+    return run_harmonize(cfg).exit_code
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from .storage import parse_storage_options
+    from .validate_job import run_validate
+
+    report = run_validate(a.manifest, parse_storage_options(a.storage_option), check_objects=not a.no_check_objects)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images)
+
+
+def cmd_import_iharmony4(a: argparse.Namespace) -> int:
+    from .iharmony4 import import_iharmony4
+    from .storage import parse_storage_options
+
+    n = import_iharmony4(a.root, a.split, a.output, parse_storage_options(a.storage_option))
+    print(f"wrote {n} rows to {a.output}")
+    return 0
+
+
+def cmd_make_checkpoint(a: argparse.Namespace) -> int:
+    from harmony_ops.factory import write_checkpoint
+
+    arch = "tiny" if a.tiny else a.arch
+    out = write_checkpoint(a.dir, arch=arch, seed=a.seed, refiner=not a.no_refiner)
+    print(f"wrote a randomly initialised {arch} checkpoint (seed {a.seed}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harmony", description="Image harmonization with DiffHarmony, from one image to a Ray cluster.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("image", help="harmonize one composite with its mask")
+    s.add_argument("composite")
+    s.add_argument("mask")
+    s.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--config", help="YAML file with the same fields (flags win)")
+    _model_flags(s)
+    s.set_defaults(func=cmd_image)
+
+    s = sub.add_parser("harmonize", help="run the Ray Data job over a manifest")
+    s.add_argument("--manifest", help="manifest URI (parquet, csv, jsonl)")
+    s.add_argument("--output", help="output prefix URI")
+    s.add_argument("--config", help="YAML job config (flags win)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--batch-size", type=int, help="rows per model batch")
+    s.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
+    s.add_argument("--actors", help="model actors: N or MIN,MAX (autoscaling)")
+    s.add_argument("--image-format", choices=["png", "jpg", "webp"])
+    s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--no-resume", action="store_true", help="redo rows already done")
+    s.add_argument("--max-failed-fraction", type=float, help="exit 3 when more rows than this fraction fail")
+    s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    _model_flags(s)
+    s.set_defaults(func=cmd_harmonize)
+
+    s = sub.add_parser("validate", help="check a manifest and that every object exists; writes nothing")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--no-check-objects", action="store_true", help="only check the table, not the objects")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("demo", help="build sample composites and run the whole harmonize job on them")
+    s.add_argument("--output", default="demo-output", help="local folder for data and results")
+    s.add_argument("--model", help="run DiffHarmony with this checkpoint (default: baseline engine)")
+    s.add_argument("--s3", action="store_true", help="go through an embedded S3 server (moto)")
+    s.add_argument("--images", type=int, default=8, help="number of sample composites")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("import-iharmony4", help="build a manifest from an iHarmony4 folder")
+    s.add_argument("root", help="dataset root (a subset folder or the folder holding several)")
+    s.add_argument("--split", choices=["train", "test"], default="test")
+    s.add_argument("-o", "--output", required=True, help="manifest to write (.parquet, .csv, .jsonl)")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_import_iharmony4)
+
+    s = sub.add_parser("make-checkpoint", help="write a seeded, randomly initialised checkpoint (tests, benchmarks)")
+    s.add_argument("dir")
+    s.add_argument("--tiny", action="store_true", help="same as --arch tiny")
+    s.add_argument("--arch", choices=["tiny", "sd15-inpaint"], default="tiny")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-refiner", action="store_true", help="do not write refiner/")
+    s.set_defaults(func=cmd_make_checkpoint)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from harmony_ops.checkpoints import CheckpointError
+    from harmony_ops.imageio import ImageError
+
+    from .config import JobError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, ImageError, JobError, ValueError, FileNotFoundError) as exc:
+        print(f"harmony {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""One place that turns user storage options into clients, so s3fs and pyarrow see the same settings.
+
+Options come from `--storage-option KEY=VALUE` (or `storage_options:` in YAML) in s3fs
+vocabulary (`endpoint_url`, `key`, `secret`, `token`, `region_name`, `anon`); the standard
+`AWS_ENDPOINT_URL` variable is honoured when no endpoint is given.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow.fs as pafs
+
+SECRET_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "password"}
+
+
+def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict; true/false and integers are converted."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"storage option {pair!r} must look like KEY=VALUE")
+        k, v = pair.split("=", 1)
+        low = v.lower()
+        out[k.strip()] = True if low == "true" else False if low == "false" else int(v) if v.isdigit() else v
+    return out
+
+
+def protocol_of(uri: str) -> str:
+    return fsspec.core.split_protocol(uri)[0] or "file"
+
+
+def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    opts = dict(options or {})
+    if protocol_of(uri) in ("s3", "s3a"):
+        endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            opts["endpoint_url"] = endpoint
+        region = opts.pop("region_name", None) or opts.pop("region", None)
+        if region:
+            opts.setdefault("client_kwargs", {})["region_name"] = region
+    return opts
+
+
+def filesystem(uri: str, options: dict[str, Any] | None = None):
+    """(fsspec filesystem, path) for any URI; s3fs listings are not cached across calls."""
+    opts = fsspec_options(uri, options)
+    if protocol_of(uri) in ("s3", "s3a"):
+        opts.setdefault("use_listings_cache", False)
+        opts.setdefault("skip_instance_cache", True)
+    return fsspec.core.url_to_fs(uri, **opts)
+
+
+def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem with the same settings (native S3 client for s3://)."""
+    if protocol_of(uri) in ("s3", "s3a"):
+        opts = fsspec_options(uri, options)
+        kwargs: dict[str, Any] = {}
+        endpoint = opts.get("endpoint_url")
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "https"
+        if opts.get("key"):
+            kwargs["access_key"] = opts["key"]
+            kwargs["secret_key"] = opts.get("secret")
+            if opts.get("token"):
+                kwargs["session_token"] = opts["token"]
+        if opts.get("anon"):
+            kwargs["anonymous"] = True
+        region = (opts.get("client_kwargs") or {}).get("region_name") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]
+    fs, path = filesystem(uri, options)
+    if protocol_of(uri) == "file":
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(base: str, *parts: str) -> str:
+    if "://" in base:
+        proto, rest = base.split("://", 1)
+        return f"{proto}://{posixpath.join(rest, *parts)}"
+    return os.path.join(base, *parts)
+
+
+def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
+    fs, path = filesystem(uri, options)
+    return fs.cat_file(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
+    """No partial object is ever visible under its final name.
+
+    Object stores publish a single PUT whole; on file systems the bytes go to a
+    temporary sibling that is renamed into place.
+    """
+    fs, path = filesystem(uri, options)
+    if protocol_of(uri) == "file":
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def redact(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options safe to print or store: secrets replaced."""
+    return {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in (options or {}).items()}
+
+
+def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 0.2):
+    """Call fn, retrying transient failures with exponential backoff and jitter.
+
+    A missing object or a permission error is an answer, not a transient fault: raised at once.
+    """
+    import logging
+    import random
+    import time
+
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - storage clients raise many transient types
+            if attempt == retries:
+                raise
+            delay = base_delay * (2**attempt) * (1 + random.random())
+            logging.getLogger(__name__).warning("%s failed (%s: %s); retry %d/%d in %.1fs",
+                                                what, type(exc).__name__, exc, attempt + 1, retries, delay)
+            time.sleep(delay)
+
+
+def read_with_retries(uri: str, options: dict[str, Any] | None, retries: int) -> bytes:
+    return retry(lambda: read_bytes(uri, options), retries, f"read {uri}")
+
+
+def write_with_retries(uri: str, data: bytes, options: dict[str, Any] | None, retries: int) -> None:
+    retry(lambda: write_bytes_atomic(uri, data, options), retries, f"write {uri}")

@@ -1,0 +1,114 @@
+"""summary.json: counts, aggregate metrics in the paper's table layout, throughput, config, versions."""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, SECONDS
+
+BUCKETS = ("0-5%", "5-15%", "15-100%")
+
+
+def _mean(s: pd.Series) -> float | None:
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
+
+
+def metric_block(df: pd.DataFrame) -> dict[str, Any]:
+    """Means of every metric over rows that have it (the paper averages per image)."""
+    out: dict[str, Any] = {"count": int(len(df))}
+    for m in GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS:
+        if m in df.columns:
+            out[m] = _mean(df[m])
+    return out
+
+
+def aggregate(df: pd.DataFrame) -> dict[str, Any]:
+    """All / per subset / per foreground bucket (and subset x bucket), over ok and skipped rows."""
+    done = df[df["status"].isin(["ok", "skipped"])]
+    out: dict[str, Any] = {"all": metric_block(done), "by_subset": {}, "by_fg_bucket": {}, "by_subset_and_fg_bucket": {}}
+    subsets = done["subset"].fillna("(none)") if "subset" in done.columns else pd.Series(["(none)"] * len(done), index=done.index)
+    for name, part in done.groupby(subsets, sort=True):
+        out["by_subset"][str(name)] = metric_block(part)
+    for b in BUCKETS:
+        part = done[done["fg_bucket"] == b]
+        out["by_fg_bucket"][b] = metric_block(part)
+        for name, sub in part.groupby(subsets[part.index], sort=True):
+            out["by_subset_and_fg_bucket"].setdefault(str(name), {})[b] = metric_block(sub)
+    return out
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("harmony", "torch", "diffusers", "ray", "pyarrow", "pandera", "numpy", "pillow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_summary(df: pd.DataFrame, wall_seconds: float, processed_ok: int, config: dict, extra: dict | None = None) -> dict:
+    counts = {s: int((df["status"] == s).sum()) for s in ("ok", "skipped", "failed", "invalid")}
+    errors = df.loc[df["error_type"].notna(), "error_type"].value_counts().to_dict()
+    stage_seconds = {c.removeprefix("seconds_"): _mean(df[c]) for c in SECONDS if c in df.columns}
+    summary = {
+        "rows": int(len(df)),
+        "counts": counts,
+        "errors_by_type": {str(k): int(v) for k, v in errors.items()},
+        "metrics": aggregate(df),
+        "throughput": {
+            "wall_seconds": wall_seconds,
+            "processed_ok": processed_ok,
+            "images_per_second": processed_ok / wall_seconds if wall_seconds > 0 else None,
+            "mean_seconds_per_stage": stage_seconds,
+        },
+        "config": config,
+        "versions": versions(),
+    }
+    summary.update(extra or {})
+    return _json_safe(summary)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def headline(summary: dict) -> str:
+    """A few lines for the terminal."""
+    c = summary["counts"]
+    t = summary["throughput"]
+    lines = [
+        f"rows {summary['rows']}: ok {c['ok']}, skipped (already done) {c['skipped']}, failed {c['failed']}, invalid {c['invalid']}",
+        f"wall {t['wall_seconds']:.1f}s, {t['images_per_second'] or 0:.2f} images/s",
+    ]
+    if summary["errors_by_type"]:
+        lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_type"].items()))
+    a = summary["metrics"]["all"]
+    if a.get("psnr") is not None:
+        lines.append(
+            f"vs ground truth (256 px): PSNR {a['psnr']:.2f} dB (composite {a['composite_psnr']:.2f}), "
+            f"fMSE {a['fmse']:.1f} (composite {a['composite_fmse']:.1f}), MSE {a['mse']:.1f} (composite {a['composite_mse']:.1f})"
+        )
+    if a.get("delta_e_fg") is not None:
+        lines.append(
+            f"no-reference: foreground change dE {a['delta_e_fg']:.2f}, fg/bg colour gap "
+            f"{a['stat_gap_before']:.2f} -> {a['stat_gap_after']:.2f}"
+        )
+    return "\n".join(lines)

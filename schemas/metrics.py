@@ -1,0 +1,109 @@
+"""The per-image metrics table written under `metrics/`: exactly one row per manifest row."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+STATUSES = ("ok", "failed", "invalid", "skipped")
+
+# Metrics against ground truth (iHarmony4 protocol at 256 px, plus full resolution) for the
+# prediction, and the same for the untouched composite (the do-nothing baseline).
+GT_METRICS = ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim", "mse_full", "psnr_full")
+COMPOSITE_METRICS = tuple(f"composite_{m}" for m in GT_METRICS)
+NOREF_METRICS = ("delta_e_fg", "stat_gap_before", "stat_gap_after")
+SECONDS = ("seconds_decode", "seconds_stage1", "seconds_refine", "seconds_finish")
+
+STRING_COLUMNS = ("id", "status", "composite", "mask", "engine", "model", "config_key", "resolution_mode", "scheduler")
+NULLABLE_STRING_COLUMNS = ("subset", "error_type", "error_message", "real", "output", "fg_bucket", "crop", "notes")
+INT_COLUMNS = ("row",)
+NULLABLE_INT_COLUMNS = ("width", "height", "inference_width", "inference_height", "steps", "seed")
+FLOAT_COLUMNS = ("fg_ratio",) + GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS + SECONDS
+
+COLUMNS = STRING_COLUMNS[:1] + ("row",) + STRING_COLUMNS[1:] + NULLABLE_STRING_COLUMNS + NULLABLE_INT_COLUMNS + FLOAT_COLUMNS
+
+
+class Metrics(pa.DataFrameModel):
+    id: Series[str]
+    row: Series[int] = pa.Field(ge=0, unique=True)
+    status: Series[str] = pa.Field(isin=STATUSES)
+    composite: Series[str]
+    mask: Series[str]
+    engine: Series[str]
+    model: Series[str]
+    config_key: Series[str]
+    resolution_mode: Series[str]
+    scheduler: Series[str]
+    subset: Series[str] = pa.Field(nullable=True)
+    error_type: Series[str] = pa.Field(nullable=True)
+    error_message: Series[str] = pa.Field(nullable=True)
+    real: Series[str] = pa.Field(nullable=True)
+    output: Series[str] = pa.Field(nullable=True)
+    fg_bucket: Series[str] = pa.Field(nullable=True, isin=("0-5%", "5-15%", "15-100%"))
+    crop: Series[str] = pa.Field(nullable=True)
+    notes: Series[str] = pa.Field(nullable=True)
+    width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    height: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    inference_width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    inference_height: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    steps: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    seed: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    fg_ratio: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+
+    class Config:
+        strict = False
+
+    @pa.dataframe_check(name="ok_rows_have_output_and_size")
+    def _ok_rows(cls, df: pd.DataFrame) -> Series[bool]:
+        ok = df["status"].isin(["ok", "skipped"])
+        return ~ok | (df["output"].notna() & df["width"].notna() & df["height"].notna())
+
+    @pa.dataframe_check(name="failed_rows_have_a_reason")
+    def _reasons(cls, df: pd.DataFrame) -> Series[bool]:
+        bad = df["status"].isin(["failed", "invalid"])
+        return ~bad | (df["error_type"].notna() & df["error_message"].notna())
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column of the table in its Arrow-friendly dtype (missing ones filled with nulls), then validated."""
+    out = pd.DataFrame(index=df.index)
+    for c in COLUMNS:
+        v = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index)
+        if c in INT_COLUMNS:
+            out[c] = v.astype("int64")
+        elif c in NULLABLE_INT_COLUMNS:
+            out[c] = pd.array(v.tolist(), dtype="Int64") if len(v) else pd.array([], dtype="Int64")
+        elif c in FLOAT_COLUMNS:
+            out[c] = pd.to_numeric(v, errors="coerce").astype("float64")
+        else:
+            out[c] = v.astype(object).where(v.notna(), None)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    for c in extra:  # manifest pass-through columns
+        out[c] = df[c]
+    return Metrics.validate(out.reset_index(drop=True), lazy=True)
+
+
+def arrow_schema_for(df: pd.DataFrame):
+    """Arrow types for the known columns (so blocks written separately read back as one table)."""
+    import pyarrow as pa_
+
+    fields = []
+    for c in df.columns:
+        if c in INT_COLUMNS or c in NULLABLE_INT_COLUMNS:
+            fields.append(pa_.field(c, pa_.int64()))
+        elif c in FLOAT_COLUMNS:
+            fields.append(pa_.field(c, pa_.float64()))
+        elif c in STRING_COLUMNS or c in NULLABLE_STRING_COLUMNS:
+            fields.append(pa_.field(c, pa_.string()))
+        else:
+            fields.append(pa_.field(c, pa_.array(df[c].tolist(), from_pandas=True).type if len(df) else pa_.string()))
+    return pa_.schema(fields)
+
+
+def to_arrow(df: pd.DataFrame):
+    """Validated, typed Arrow table of the metrics rows."""
+    import pyarrow as pa_
+
+    df = conform(df)
+    return pa_.Table.from_pandas(df, schema=arrow_schema_for(df), preserve_index=False)

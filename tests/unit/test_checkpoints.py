@@ -1,0 +1,102 @@
+"""Checkpoint resolution: local and S3 URIs, node cache, safetensors-only policy, named missing parts."""
+
+import shutil
+
+import pytest
+import torch
+
+from harmony_ops.checkpoints import CheckpointError, fingerprint, resolve, resolve_checkpoint
+from harmony_ops.loader import load_diffharmony, load_engine
+from tests.conftest import upload_dir
+
+
+def copy_ckpt(src, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tiny_checkpoint_loads_with_refiner(tiny_checkpoint):
+    engine = load_diffharmony(str(tiny_checkpoint), device="cpu")
+    assert engine.refiner is not None and engine.sampler.unet.config.in_channels == 9
+    assert engine.sampler.vae_scale_factor == 8
+    assert len(engine.model_id) == 16
+    assert load_diffharmony(str(tiny_checkpoint), refiner="none", device="cpu").refiner is None
+
+
+@pytest.mark.parametrize("part", ["unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                                  "scheduler/scheduler_config.json", "refiner/diffusion_pytorch_model.safetensors"])
+def test_missing_part_is_named(tiny_checkpoint, tmp_path, part):
+    ckpt = copy_ckpt(tiny_checkpoint, tmp_path)
+    (ckpt / part).unlink()
+    with pytest.raises(CheckpointError) as e:
+        resolve_checkpoint(str(ckpt), refiner=str(ckpt / "refiner"))
+    assert part.split("/")[0] in str(e.value)
+
+
+def test_corrupt_weights_are_reported(tiny_checkpoint, tmp_path):
+    ckpt = copy_ckpt(tiny_checkpoint, tmp_path)
+    (ckpt / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="vae"):
+        load_diffharmony(str(ckpt), device="cpu")
+
+
+def test_pickle_weights_refused_unless_allowed(tiny_checkpoint, tmp_path):
+    ckpt = copy_ckpt(tiny_checkpoint, tmp_path)
+    unet_dir = ckpt / "unet"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(unet_dir / "diffusion_pytorch_model.safetensors")), unet_dir / "diffusion_pytorch_model.bin")
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="pickle"):
+        resolve_checkpoint(str(ckpt))
+    engine = load_diffharmony(str(ckpt), device="cpu", allow_pickle=True)
+    assert engine.sampler.unet.config.in_channels == 9
+
+
+def test_unet_and_vae_overrides_accept_model_or_pipeline_folders(tiny_checkpoint, tmp_path):
+    from harmony_ops.factory import build_vae
+
+    other_vae = tmp_path / "sd-vae-ft-mse"
+    build_vae("tiny", seed=5).save_pretrained(other_vae, safe_serialization=True)  # a bare model folder
+    c = resolve_checkpoint(str(tiny_checkpoint), unet=str(tiny_checkpoint), vae=str(other_vae))
+    assert c.unet == tiny_checkpoint / "unet" and c.vae == other_vae
+    base = resolve_checkpoint(str(tiny_checkpoint))
+    assert c.model_id != base.model_id  # a different VAE is a different model
+
+
+def test_fingerprint_tells_weights_apart(tiny_checkpoint, tmp_path):
+    from harmony_ops.factory import write_checkpoint
+
+    other = write_checkpoint(tmp_path / "other", seed=1)
+    assert fingerprint(tiny_checkpoint) == fingerprint(tiny_checkpoint)
+    assert fingerprint(tiny_checkpoint) != fingerprint(other)
+
+
+def test_missing_checkpoint_and_engine_without_model():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve("/nonexistent/ckpt")
+    with pytest.raises(ValueError, match="model"):
+        load_engine("diffharmony")
+
+
+def test_s3_checkpoint_goes_through_the_node_cache(tiny_checkpoint, s3_bucket, tmp_path, monkeypatch):
+    bucket, opts = s3_bucket
+    uri = f"{bucket}/models/tiny"
+    upload_dir(tiny_checkpoint, uri, opts)
+    monkeypatch.setenv("HARMONY_CACHE", str(tmp_path / "cache"))
+    first = resolve(uri, opts)
+    assert (first / ".complete").exists() and (first / "unet" / "config.json").exists()
+    assert resolve(uri, opts) == first  # cached: same folder, no second download
+    engine = load_diffharmony(uri, storage_options=opts, device="cpu")
+    assert engine.refiner is not None
+    assert engine.model_id == resolve_checkpoint(str(tiny_checkpoint)).model_id  # same bytes, same id
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri, **opts)
+    fs.rm(f"{root}/vae/diffusion_pytorch_model.safetensors")
+    with pytest.raises(CheckpointError, match="vae"):
+        resolve_checkpoint(uri, storage_options=opts)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve(f"{bucket}/models/nothing-here", opts)
