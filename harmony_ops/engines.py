@@ -1,7 +1,7 @@
 """Harmonization engines behind one small interface.
 
-An engine turns prepared regions (see `prepare`) into harmonized regions at the region's
-own size; `finish` pastes a region back into the full-size composite. The split lets a
+An engine turns prepared regions (`regions.prepare`) into harmonized regions at the
+region's own size; `regions.finish` pastes a region back into the full-size composite. The split lets a
 batch job do `prepare` and `finish` on CPU workers and only `run` on accelerator actors.
 
 - `DiffHarmonyEngine`: stage 1 (the diffusion sampler at the planned inference size,
@@ -22,40 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .baseline import harmonize_baseline
-from .compositing import paste_region, resize_mask, resize_rgb
-from .resolution import InferencePlan, ResolutionPolicy, plan_inference
-
-DEFAULT_REFINE_MAX_PIXELS = 2048 * 2048
-
-
-@dataclass
-class Prepared:
-    """One image ready for an engine: its plan, the region at inference size and at full size."""
-
-    plan: InferencePlan
-    region_image: np.ndarray  # uint8 h x w x 3, the planned region at the original scale
-    region_mask: np.ndarray  # float32 h x w in {0, 1}
-    image: np.ndarray | None = None  # uint8, region resized to the inference size
-    mask: np.ndarray | None = None  # float32, idem
-
-
-def prepare(composite: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, resize: bool = True) -> Prepared:
-    """Plan, crop and (when the engine needs it) resize one composite for inference."""
-    plan = plan_inference(mask, policy)
-    x0, y0, x1, y1 = plan.region
-    region = np.ascontiguousarray(composite[y0:y1, x0:x1])
-    region_mask = (np.asarray(mask[y0:y1, x0:x1]) >= 0.5).astype(np.float32)
-    item = Prepared(plan=plan, region_image=region, region_mask=region_mask)
-    if resize:
-        size = (plan.width, plan.height)
-        item.image = resize_rgb(region, size)
-        item.mask = resize_mask(region_mask, size)
-    return item
-
-
-def finish(composite: np.ndarray, mask: np.ndarray, plan: InferencePlan, region_result: np.ndarray, feather: int = 0) -> np.ndarray:
-    """The full-size output: composite outside the mask (bit-identical), the result inside."""
-    return paste_region(composite, region_result, plan.region, mask, feather=feather)
+from .defaults import BASELINE_MODEL_ID, DEFAULT_REFINE_MAX_PIXELS
+from .regions import Prepared
 
 
 @dataclass
@@ -84,7 +52,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 class BaselineEngine:
     name = "baseline"
-    model_id = "baseline-lab-meanstd-v1"
+    model_id = BASELINE_MODEL_ID
     needs_resize = False
 
     def __init__(self, strength: float = 1.0):

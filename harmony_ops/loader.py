@@ -9,7 +9,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
-from .engines import DEFAULT_REFINE_MAX_PIXELS, BaselineEngine, DiffHarmonyEngine
+from .defaults import DEFAULT_REFINE_MAX_PIXELS
+from .engines import BaselineEngine, DiffHarmonyEngine
 from .refiner import UNet2DCustom
 from .sampler import DEFAULT_SCHEDULER, DEFAULT_STEPS, DiffHarmonySampler
 

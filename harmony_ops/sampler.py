@@ -29,14 +29,10 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-SCHEDULERS = {
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "euler": EulerDiscreteScheduler,
-    "ddim": DDIMScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-}
-DEFAULT_SCHEDULER = "euler_a"
-DEFAULT_STEPS = 5
+from .defaults import DEFAULT_SCHEDULER, DEFAULT_STEPS, SCHEDULER_NAMES
+
+SCHEDULERS = dict(zip(SCHEDULER_NAMES, (EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, DDIMScheduler,
+                                        DPMSolverMultistepScheduler)))
 
 
 def make_scheduler(name: str, config: dict):

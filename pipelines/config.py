@@ -12,9 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harmony_ops.engines import DEFAULT_REFINE_MAX_PIXELS
+from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, SCHEDULER_NAMES
 from harmony_ops.resolution import ResolutionPolicy
-from harmony_ops.sampler import SCHEDULERS
 
 
 class ConfigError(ValueError):
@@ -41,7 +40,7 @@ class ModelConfig(Strict):
     refiner: str | None = Field(
         "auto", description="refinement U-Net URI, 'none', or 'auto' (the model's refiner/ folder when present)"
     )
-    scheduler: str = Field("euler_a", description=f"sampler: one of {sorted(SCHEDULERS)}")
+    scheduler: str = Field("euler_a", description=f"sampler: one of {sorted(SCHEDULER_NAMES)}")
     steps: int = Field(5, ge=1, le=1000, description="denoising steps (the paper uses 5)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
@@ -53,8 +52,8 @@ class ModelConfig(Strict):
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, v: str) -> str:
-        if v not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {v!r}; choose one of {sorted(SCHEDULERS)}")
+        if v not in SCHEDULER_NAMES:
+            raise ValueError(f"unknown scheduler {v!r}; choose one of {sorted(SCHEDULER_NAMES)}")
         return v
 
     @model_validator(mode="after")

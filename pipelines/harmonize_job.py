@@ -47,9 +47,9 @@ def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
     """(model id, engine needs inference resize); checks every checkpoint part before Ray starts."""
     m = cfg.model
     if m.engine == "baseline":
-        from harmony_ops.engines import BaselineEngine
+        from harmony_ops.defaults import BASELINE_MODEL_ID
 
-        return BaselineEngine.model_id, False
+        return BASELINE_MODEL_ID, False
     from harmony_ops.checkpoints import resolve_checkpoint
 
     ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle)

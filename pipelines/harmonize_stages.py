@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harmony_ops.engines import Prepared, finish, prepare
+from harmony_ops.regions import Prepared, finish, prepare
 from harmony_ops.imageio import ImageError, encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.metrics import fg_bucket
@@ -141,16 +141,21 @@ class ModelStage(Stage):
     cfg: HarmonizeJobConfig
     name: str = "model"
     resources: Resources = Resources()
+    stateful: bool = True
 
     def setup(self) -> None:
         import torch
 
         from harmony_ops.loader import load_engine
 
-        if self.resources.num_gpus == 0:
-            torch.set_num_threads(max(1, int(self.resources.num_cpus)))
         m = self.cfg.model
-        self.engine = load_engine(m.engine, **m.engine_kwargs(self.cfg.storage_options))
+        kwargs = m.engine_kwargs(self.cfg.storage_options)
+        if self.resources.num_gpus == 0:
+            # A CPU actor must not grab a GPU it was not given, nor more threads than its CPUs.
+            torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+            if kwargs.get("device") == "auto":
+                kwargs["device"] = "cpu"
+        self.engine = load_engine(m.engine, **kwargs)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.copy()
@@ -224,7 +229,7 @@ class FinishStage(Stage):
                 rw, rh = int(row["region_w"]), int(row["region_h"])
                 region = unpack(row["result_rgb"], rh, rw)
                 x0, y0 = int(row["crop_x0"]), int(row["crop_y0"])
-                out = finish_region(sample, region, (x0, y0, x0 + rw, y0 + rh), self.cfg.resolution.feather)
+                out = finish(sample.composite, sample.mask, (x0, y0, x0 + rw, y0 + rh), region, self.cfg.resolution.feather)
                 data = encode_image(out, self.cfg.image_format)
                 write_with_retries(row["output"], data, self.cfg.storage_options, self.cfg.retries)
                 metric_cols[i] = row_metrics(sample, out)
@@ -260,10 +265,3 @@ def job_columns(cfg: HarmonizeJobConfig, model_id: str, config_key: str) -> dict
     }
 
 
-def finish_region(sample, region: np.ndarray, box, feather: int) -> np.ndarray:
-    from harmony_ops.resolution import InferencePlan
-
-    h, w = sample.mask.shape
-    plan = InferencePlan(width=0, height=0, resolution_class=0, crop=tuple(box), image_width=w, image_height=h,
-                         fg_ratio=float(sample.mask.mean()))
-    return finish(sample.composite, sample.mask, plan, region, feather=feather)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harmony_ops.engines import finish, prepare
+from harmony_ops.regions import finish, prepare
 from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.loader import load_engine
@@ -48,7 +48,7 @@ def run_image(cfg: ImageJobConfig) -> ImageResult:
     item = prepare(sample.composite, sample.mask, cfg.resolution.policy(), resize=engine.needs_resize)
     result = engine.run([item], [cfg.seed])
     seconds.update(result.seconds)
-    out = finish(sample.composite, sample.mask, item.plan, result.regions[0], feather=cfg.resolution.feather)
+    out = finish(sample.composite, sample.mask, item.plan.region, result.regions[0], feather=cfg.resolution.feather)
     write_bytes_atomic(cfg.output, encode_image(out, fmt), opts)
     metrics = no_reference_metrics(sample.composite, out, sample.mask).as_dict()
     h, w = out.shape[:2]

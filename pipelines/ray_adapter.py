@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from .stage import Stage
 
@@ -22,19 +22,33 @@ class _StageWorker:
         return self.stage.process(batch)
 
 
+_TASK_STAGES: dict[str, Stage] = {}
+
+
+def _run_stage_task(batch, stage: Stage):
+    """Task body: `setup()` once per worker process (workers are reused across tasks)."""
+    key = f"{stage.name}:{id(type(stage))}:{hash(repr(stage))}"
+    ready = _TASK_STAGES.get(key)
+    if ready is None:
+        stage.setup()
+        _TASK_STAGES.clear()  # one job's stages at a time per worker
+        _TASK_STAGES[key] = ready = stage
+    return ready.process(batch)
+
+
 def apply_stage(ds: "ray.data.Dataset", stage: Stage) -> "ray.data.Dataset":
     r = stage.resources
+    common = dict(batch_size=r.batch_size, batch_format="pandas", zero_copy_batch=False, num_cpus=r.num_cpus,
+                  num_gpus=r.num_gpus or None)
+    if not stage.stateful:
+        return ds.map_batches(_run_stage_task, fn_args=(stage,), compute=TaskPoolStrategy(size=r.max_workers), **common)
     return ds.map_batches(
         _StageWorker,
         fn_constructor_args=(stage,),
-        batch_size=r.batch_size,
-        batch_format="pandas",
-        zero_copy_batch=False,
-        num_cpus=r.num_cpus,
-        num_gpus=r.num_gpus or None,
         compute=ActorPoolStrategy(
             min_size=r.min_workers, max_size=r.max_workers, max_tasks_in_flight_per_actor=r.max_tasks_in_flight
         ),
+        **common,
     )
 
 

@@ -30,6 +30,9 @@ class Resources:
 class Stage:
     name: str = "stage"
     resources: Resources = Resources()
+    # Stateful stages (a model loaded in `setup`) run on a pool of actors; stateless ones run
+    # as tasks, which reuse warm worker processes and scale without holding resources.
+    stateful: bool = False
 
     def setup(self) -> None:
         """Load models or open clients; called once per worker before the first batch."""
