@@ -87,8 +87,10 @@ def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
     from .config import HarmonizeJobConfig
     from .harmonize_job import run_harmonize
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(k, v)
+    # Fake credentials for the embedded server, passed explicitly: Ray workers that already run
+    # do not see environment variables set now.
+    creds = {"key": "demo-access-key", "secret": "demo-secret-key"}
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -96,17 +98,20 @@ def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint)
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=creds["key"],
+                              aws_secret_access_key=creds["secret"], region_name="us-east-1")
         client.create_bucket(Bucket="harmony-demo")
         for p in sorted(manifest.parent.rglob("*")):
             if p.is_file():
                 client.upload_file(str(p), "harmony-demo", f"data/{p.relative_to(manifest.parent).as_posix()}")
         print(f"demo: embedded S3 endpoint {endpoint}, bucket harmony-demo")
         cfg = HarmonizeJobConfig(manifest="s3://harmony-demo/data/manifest.csv", output="s3://harmony-demo/results",
-                                 storage_options={"endpoint_url": endpoint}, **common)
+                                 storage_options={"endpoint_url": endpoint, **creds}, **common)
         code = run_harmonize(cfg).exit_code
         local = out / "results-s3"
         for obj in client.list_objects_v2(Bucket="harmony-demo", Prefix="results/").get("Contents", []):
+            if obj["Key"].endswith("/"):  # directory markers some clients create
+                continue
             dest = local / obj["Key"].removeprefix("results/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             client.download_file("harmony-demo", obj["Key"], str(dest))
