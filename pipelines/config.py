@@ -121,6 +121,8 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -222,6 +224,32 @@ class HarmonizeJobConfig(Strict):
     max_failed_fraction: float | None = Field(
         None, ge=0, le=1, description="exit non-zero when more than this fraction of rows failed or were invalid"
     )
+    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
+    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
+    ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
+    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
+
+
+def _evaluate_pool() -> PoolConfig:
+    return PoolConfig(num_cpus=1.0, num_gpus=0, batch_size=4, min_workers=1, max_workers=16)
+
+
+class EvaluateJobConfig(Strict):
+    """`harmony evaluate`: harmonized images (any method's) against ground truth, iHarmony4 protocol."""
+
+    manifest: str = Field(description="manifest URI (parquet, csv or jsonl) with id, composite, mask, real, optional subset")
+    predictions: str = Field(
+        description="folder of predictions (<id>.<png|jpg|jpeg|webp> or <composite stem>.png), or a harmonize "
+        "output prefix (its images/ folder is used)"
+    )
+    output: str = Field(description="output prefix URI: metrics/, summary.json and report.html are written under it")
+    compare: str | None = Field(None, description="a second predictions folder, evaluated side by side (compare_* columns)")
+    use_gt_bg: bool = Field(False, description="paste the ground-truth background into each prediction before any metric")
+    report: bool = Field(True, description="write report.html under the output prefix")
+    pool: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
+    limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
     retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")

@@ -23,7 +23,8 @@ def names_for(composite_name: str) -> tuple[str, str]:
     parts = stem.split("_")
     if len(parts) < 3:
         raise ValueError(f"{composite_name!r} does not follow iHarmony4 naming (<image>_<mask>_<n>.jpg)")
-    return f"{parts[0]}_{parts[1]}.png", f"{parts[0]}.jpg"
+    # The last two fields are the mask and sample numbers; the image name may hold underscores.
+    return f"{'_'.join(parts[:-1])}.png", f"{'_'.join(parts[:-2])}.jpg"
 
 
 def _list_entries(root: str, split: str, options: dict | None) -> list[tuple[str, str]]:
@@ -53,7 +54,8 @@ def _list_entries(root: str, split: str, options: dict | None) -> list[tuple[str
 def build_manifest(root: str, split: str = "test", options: dict | None = None) -> pd.DataFrame:
     rows = []
     for subset, rel in _list_entries(root, split, options):
-        folder, _, name = rel.rpartition("/composite_images/")
+        folder, _, name = ("/" + rel).rpartition("/composite_images/")
+        folder = folder.lstrip("/")
         mask_name, real_name = names_for(name)
         base = f"{folder}/" if folder else ""
         rows.append({

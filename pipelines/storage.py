@@ -63,7 +63,7 @@ def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[p
         kwargs: dict[str, Any] = {}
         endpoint = opts.get("endpoint_url")
         if endpoint:
-            parsed = urlparse(endpoint)
+            parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
             kwargs["endpoint_override"] = parsed.netloc or parsed.path
             kwargs["scheme"] = parsed.scheme or "https"
         if opts.get("key"):

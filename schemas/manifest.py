@@ -44,7 +44,8 @@ def row_problems(df: pd.DataFrame) -> pd.Series:
     if missing:
         raise ValueError(f"manifest lacks required column(s) {missing}; it has {list(df.columns)}")
     reasons = pd.Series([""] * len(df), index=df.index, dtype=object)
-    work = df.copy()
+    # Object columns: placeholders below must fit whatever dtype the reader inferred (e.g. all-int ids).
+    work = df.astype({c: object for c in REQUIRED + OPTIONAL if c in df.columns})
     for c in REQUIRED + OPTIONAL:
         if c in work.columns:
             # Non-string cells (numbers, nulls in required columns) are reported, not coerced.
