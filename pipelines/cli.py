@@ -119,6 +119,16 @@ def cmd_import_iharmony4(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
+    run_bench(arch=a.arch, resolutions=ints(a.resolution), batch_sizes=ints(a.batch_size), device=a.device,
+              images=a.images, out=a.out, repeats=a.repeats, steps=a.steps, dtype=a.dtype,
+              sections=tuple(a.sections.split(",")), argv=sys.argv[2:])
+    return 0
+
+
 def cmd_make_checkpoint(a: argparse.Namespace) -> int:
     from harmony_ops.factory import write_checkpoint
 
@@ -177,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="manifest to write (.parquet, .csv, .jsonl)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     s.set_defaults(func=cmd_import_iharmony4)
+
+    s = sub.add_parser("bench", help="measure model throughput, pipeline efficiency, adaptive resolution, scaling")
+    s.add_argument("--arch", choices=["tiny", "sd15-inpaint"], default="tiny")
+    s.add_argument("--resolution", default="512,1024", help="comma-separated square inference sizes")
+    s.add_argument("--batch-size", default="1,2", help="comma-separated batch sizes")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    s.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    s.add_argument("--images", type=int, default=8, help="images for the pipeline and scaling sections")
+    s.add_argument("--repeats", type=int, default=3, help="timed repeats per model configuration (median)")
+    s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--sections", default="model,pipeline,adaptive,scaling")
+    s.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("make-checkpoint", help="write a seeded, randomly initialised checkpoint (tests, benchmarks)")
     s.add_argument("dir")

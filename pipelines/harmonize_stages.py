@@ -159,7 +159,7 @@ class ModelStage(Stage):
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.copy()
-        for c in ("result_rgb", "seconds_stage1", "seconds_refine"):
+        for c in ("result_rgb", "seconds_stage1", "seconds_refine", "model_peak_host_mib", "model_peak_device_mib"):
             if c not in batch.columns:
                 batch[c] = None
         idx = list(batch.index[pending(batch)])
@@ -189,10 +189,24 @@ class ModelStage(Stage):
             _free_device_memory()
             return
         n = len(idx)
+        host_mib, device_mib = _peak_memory_mib()
         for i, region in zip(idx, result.regions):
+            batch.at[i, "model_peak_host_mib"] = host_mib
+            batch.at[i, "model_peak_device_mib"] = device_mib
             batch.at[i, "result_rgb"] = pack(region)
             batch.at[i, "seconds_stage1"] = result.seconds.get("stage1", 0.0) / n
             batch.at[i, "seconds_refine"] = result.seconds.get("refine", 0.0) / n
+
+
+def _peak_memory_mib() -> tuple[float, float | None]:
+    """Peak resident memory of this worker process and peak allocated device memory, in MiB."""
+    import resource
+
+    import torch
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    device = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return host, device
 
 
 def _free_device_memory() -> None:

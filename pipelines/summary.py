@@ -20,6 +20,14 @@ def _mean(s: pd.Series) -> float | None:
     return float(v.mean()) if v.size else None
 
 
+def _max(s: pd.Series | None) -> float | None:
+    if s is None:
+        return None
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.max()) if v.size else None
+
+
 def metric_block(df: pd.DataFrame) -> dict[str, Any]:
     """Means of every metric over rows that have it (the paper averages per image)."""
     out: dict[str, Any] = {"count": int(len(df))}
@@ -70,6 +78,8 @@ def build_summary(df: pd.DataFrame, wall_seconds: float, processed_ok: int, conf
             "processed_ok": processed_ok,
             "images_per_second": processed_ok / wall_seconds if wall_seconds > 0 else None,
             "mean_seconds_per_stage": stage_seconds,
+            "model_peak_host_mib": _max(df.get("model_peak_host_mib")),
+            "model_peak_device_mib": _max(df.get("model_peak_device_mib")),
         },
         "config": config,
         "versions": versions(),

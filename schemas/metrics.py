@@ -14,12 +14,20 @@ GT_METRICS = ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim", "mse_full", "psnr_
 COMPOSITE_METRICS = tuple(f"composite_{m}" for m in GT_METRICS)
 NOREF_METRICS = ("delta_e_fg", "stat_gap_before", "stat_gap_after")
 SECONDS = ("seconds_decode", "seconds_stage1", "seconds_refine", "seconds_finish")
+# Peak memory of the model worker that ran the row (operations: sizing pools and nodes).
+MEMORY = ("model_peak_host_mib", "model_peak_device_mib")
 
 STRING_COLUMNS = ("id", "status", "composite", "mask", "engine", "model", "config_key", "resolution_mode", "scheduler")
 NULLABLE_STRING_COLUMNS = ("subset", "error_type", "error_message", "real", "output", "fg_bucket", "crop", "notes")
 INT_COLUMNS = ("row",)
 NULLABLE_INT_COLUMNS = ("width", "height", "inference_width", "inference_height", "steps", "seed")
-FLOAT_COLUMNS = ("fg_ratio",) + GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS + SECONDS
+FLOAT_COLUMNS = ("fg_ratio",) + GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS + SECONDS + MEMORY
+
+# Optional columns, present only where a job writes them (`harmony evaluate --compare`): a second
+# method's 256 px metrics, and per-image deltas (compare minus main). Typed float64 when present.
+COMPARE_METRICS = ("compare_mse", "compare_psnr", "compare_fmse", "compare_fpsnr", "compare_bmse", "compare_ssim")
+DELTA_METRICS = ("delta_psnr", "delta_fmse")
+OPTIONAL_FLOAT_COLUMNS = COMPARE_METRICS + DELTA_METRICS
 
 COLUMNS = STRING_COLUMNS[:1] + ("row",) + STRING_COLUMNS[1:] + NULLABLE_STRING_COLUMNS + NULLABLE_INT_COLUMNS + FLOAT_COLUMNS
 
@@ -79,8 +87,8 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
         else:
             out[c] = v.astype(object).where(v.notna(), None)
     extra = [c for c in df.columns if c not in COLUMNS]
-    for c in extra:  # manifest pass-through columns
-        out[c] = df[c]
+    for c in extra:  # optional columns and manifest pass-through columns
+        out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64") if c in OPTIONAL_FLOAT_COLUMNS else df[c]
     return Metrics.validate(out.reset_index(drop=True), lazy=True)
 
 
@@ -92,7 +100,7 @@ def arrow_schema_for(df: pd.DataFrame):
     for c in df.columns:
         if c in INT_COLUMNS or c in NULLABLE_INT_COLUMNS:
             fields.append(pa_.field(c, pa_.int64()))
-        elif c in FLOAT_COLUMNS:
+        elif c in FLOAT_COLUMNS or c in OPTIONAL_FLOAT_COLUMNS:
             fields.append(pa_.field(c, pa_.float64()))
         elif c in STRING_COLUMNS or c in NULLABLE_STRING_COLUMNS:
             fields.append(pa_.field(c, pa_.string()))
