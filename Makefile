@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 # A CPU build of torch lies on this workplace's disk; elsewhere override TORCH_SPEC
 # (e.g. TORCH_SPEC="torch" for the default CUDA build).
 TORCH_SPEC ?= torch==2.13.0
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# constraints.txt pins every dependency to versions tested together (pip freeze of a working
+# environment, torch left to TORCH_SPEC): reproducible, and pip need not backtrack through
+# boto3/botocore releases.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
 .PHONY: test demo install bench clean
 
@@ -13,9 +16,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)
