@@ -18,8 +18,6 @@ import uuid
 from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from schemas.metrics import to_arrow
 
@@ -27,13 +25,13 @@ from .config import HarmonizeJobConfig, JobError
 from .harmonize_stages import DecodeStage, FinishStage, ModelStage, job_columns, resources_of
 from .manifest import prepare_rows, read_manifest
 from .ray_adapter import apply_stages, ensure_ray
+from .report import maybe_write_report
 from .stage import PENDING
-from .storage import arrow_filesystem, filesystem, join, redact, write_bytes_atomic
+from .storage import filesystem, join, redact, write_bytes_atomic
 from .summary import build_summary, headline
+from .tables import JOURNAL, METRICS_FILE, journal_dataset, read_parquet_tree, remove_tree, write_table_atomic
 
 log = logging.getLogger(__name__)
-JOURNAL = "_journal"
-METRICS_FILE = "metrics/metrics.parquet"
 
 
 @dataclass
@@ -72,26 +70,10 @@ def config_key(cfg: HarmonizeJobConfig, model_id: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _read_parquet_tree(uri: str, options: dict) -> pd.DataFrame:
-    fs, path = arrow_filesystem(uri, options)
-    try:
-        info = fs.get_file_info(path)
-        if info.type == pa.fs.FileType.NotFound:
-            return pd.DataFrame()
-        files = [f.path for f in fs.get_file_info(pa.fs.FileSelector(path, recursive=True))
-                 if f.type == pa.fs.FileType.File and f.path.endswith(".parquet")] if info.type == pa.fs.FileType.Directory else [path]
-        if not files:
-            return pd.DataFrame()
-        tables = [pq.read_table(f, filesystem=fs) for f in sorted(files)]
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    except FileNotFoundError:
-        return pd.DataFrame()
-
-
 def previous_results(cfg: HarmonizeJobConfig) -> pd.DataFrame:
     """Rows finished by earlier runs: the consolidated table, then journals (later wins)."""
-    frames = [_read_parquet_tree(join(cfg.output, METRICS_FILE), cfg.storage_options),
-              _read_parquet_tree(join(cfg.output, JOURNAL), cfg.storage_options)]
+    frames = [read_parquet_tree(join(cfg.output, METRICS_FILE), cfg.storage_options),
+              read_parquet_tree(join(cfg.output, JOURNAL), cfg.storage_options)]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -112,17 +94,15 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
     ok = prev[(prev["status"].isin(["ok", "skipped"])) & (prev["config_key"] == key)]
     ok = ok.drop_duplicates("id", keep="last").set_index("id")
     images = existing_images(cfg)
-    done_mask = []
-    for _, r in rows.iterrows():
-        p = ok.loc[r["id"]] if r["status"] == PENDING and r["id"] in ok.index else None
-        done_mask.append(
-            p is not None
-            and p["composite"] == r["composite"]
-            and p["mask"] == r["mask"]
-            and isinstance(r["output"], str)
-            and r["output"].rsplit("/", 1)[-1] in images
-        )
-    done_mask = pd.Series(done_mask, index=rows.index)
+    prev = ok[["composite", "mask"]].reindex(rows["id"].to_numpy())  # vectorised: manifests can be large
+    names = rows["output"].map(lambda o: o.rsplit("/", 1)[-1] if isinstance(o, str) else None)
+    done_mask = pd.Series(
+        (rows["status"].to_numpy() == PENDING)
+        & (prev["composite"].to_numpy() == rows["composite"].to_numpy())
+        & (prev["mask"].to_numpy() == rows["mask"].to_numpy())
+        & names.isin(images).to_numpy(),
+        index=rows.index,
+    )
     done = rows[done_mask]
     carried = ok.loc[done["id"]].reset_index()
     carried["row"] = done["row"].to_numpy()
@@ -173,10 +153,7 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
     if len(todo):
         ds = ray.data.from_pandas([todo.iloc[i : i + cfg.block_rows] for i in range(0, len(todo), cfg.block_rows)])
         ds = apply_stages(ds, [decode, model, fin])
-        fs, path = arrow_filesystem(run_journal, cfg.storage_options)
-        # Writes are small; a fraction of a CPU keeps them from starving the stages.
-        ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0.1})
-        fresh = _read_parquet_tree(run_journal, cfg.storage_options)
+        fresh = journal_dataset(ds, run_journal, cfg.storage_options)
     else:
         fresh = pd.DataFrame()
 
@@ -186,7 +163,7 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
     if len(final) != expected or final["row"].duplicated().any():
         raise JobError(f"internal error: {len(final)} metrics rows for {expected} manifest rows")
     table = to_arrow(final)
-    _write_table_atomic(table, join(cfg.output, METRICS_FILE), cfg.storage_options)
+    write_table_atomic(table, join(cfg.output, METRICS_FILE), cfg.storage_options)
     metrics = table.to_pandas()
 
     wall = time.perf_counter() - t0
@@ -199,6 +176,7 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
 
     echo(headline(summary))
     echo(f"images: {join(cfg.output, 'images')}\nmetrics: {join(cfg.output, METRICS_FILE)}\nsummary: {join(cfg.output, 'summary.json')}")
+    maybe_write_report(cfg.output, cfg.storage_options, metrics, summary, echo)  # when any row has ground truth
     bad = summary["counts"]["failed"] + summary["counts"]["invalid"]
     code = 0
     if cfg.max_failed_fraction is not None and len(metrics) and bad / len(metrics) > cfg.max_failed_fraction:
@@ -207,17 +185,5 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
     return JobResult(summary=summary, metrics=metrics, exit_code=code)
 
 
-def _write_table_atomic(table: pa.Table, uri: str, options: dict) -> None:
-    import io
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    write_bytes_atomic(uri, buf.getvalue(), options)
-
-
 def _remove_journal(cfg: HarmonizeJobConfig) -> None:
-    fs, path = filesystem(join(cfg.output, JOURNAL), cfg.storage_options)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
+    remove_tree(join(cfg.output, JOURNAL), cfg.storage_options)
