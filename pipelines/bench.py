@@ -178,7 +178,6 @@ def bare_loop_seconds(engine, folder: Path, n: int, batch: int, res: int) -> flo
     """The model alone on preloaded tensors: the upper bound any pipeline can reach."""
     import torch
 
-    from harmony_ops.engines import to_tensor
     from harmony_ops.inputs import load_sample
     from harmony_ops.regions import prepare
     from harmony_ops.resolution import ResolutionPolicy
@@ -189,7 +188,6 @@ def bare_loop_seconds(engine, folder: Path, n: int, batch: int, res: int) -> flo
         s = load_sample((folder / "comp" / f"img{k:03d}.png").read_bytes(), (folder / "mask" / f"img{k:03d}.png").read_bytes())
         items.append(prepare(s.composite, s.mask, policy))
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
-    del to_tensor
     engine.run(items[:batch], list(range(batch)))  # warm-up
     sync()
     t = time.perf_counter()
@@ -303,8 +301,6 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 8,
               out: str = "bench-results", repeats: int = 3, steps: int = 5, dtype: str = "auto",
               sections=("model", "pipeline", "adaptive", "scaling"), argv: list[str] | None = None) -> dict:
-    import torch
-
     from harmony_ops.factory import write_checkpoint
     from harmony_ops.loader import pick_device
 
@@ -364,7 +360,6 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
     md = to_markdown(results)
     (outdir / "bench.md").write_text(md)
     print(md)
-    del torch
     return results
 
 

@@ -12,6 +12,11 @@ from PIL import Image
 
 # Keep worker caches and Ray's files inside the test run.
 os.environ.setdefault("HARMONY_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"harmony-test-cache-{os.getpid()}"))
+# Fake credentials for the local S3 endpoint, set before any Ray worker starts: workers copy
+# the environment once, at start.
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+os.environ.update(FAKE_AWS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,9 +70,7 @@ def s3_server():
 
     from moto.server import ThreadedMotoServer
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ[k] = v
+    os.environ.update(FAKE_AWS)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
