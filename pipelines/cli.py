@@ -95,6 +95,58 @@ def cmd_harmonize(a: argparse.Namespace) -> int:
     return run_harmonize(cfg).exit_code
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .config import EvaluateJobConfig, build
+    from .evaluate_job import run_evaluate
+    from .storage import parse_storage_options
+
+    flags = dict(
+        manifest=a.manifest,
+        predictions=a.predictions,
+        output=a.output,
+        compare=a.compare,
+        use_gt_bg=True if a.use_gt_bg else None,
+        report=False if a.no_report else None,
+        limit=a.limit,
+        ray_address=a.ray_address,
+        storage_options=parse_storage_options(a.storage_option) or None,
+    )
+    cfg = build(EvaluateJobConfig, a.config, flags)
+    return run_evaluate(cfg).exit_code
+
+
+def cmd_synthesize(a: argparse.Namespace) -> int:
+    from .config import SynthesizeJobConfig, build
+    from .storage import parse_storage_options
+    from .synthesize_job import run_synthesize
+
+    flags = dict(
+        manifest=a.manifest,
+        output=a.output,
+        mask_source=a.mask_source,
+        fg_ratio=a.fg_ratio,
+        per_image=a.per_image,
+        kinds=a.kinds,
+        strength=a.strength,
+        fmse_range=a.fmse_range,
+        max_draws=a.max_draws,
+        seed=a.seed,
+        limit=a.limit,
+        ray_address=a.ray_address,
+        storage_options=parse_storage_options(a.storage_option) or None,
+    )
+    cfg = build(SynthesizeJobConfig, a.config, flags)
+    return run_synthesize(cfg).exit_code
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+    from .storage import parse_storage_options
+
+    print(f"wrote {write_report(a.prefix, parse_storage_options(a.storage_option))}")
+    return 0
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     from .storage import parse_storage_options
     from .validate_job import run_validate
@@ -167,6 +219,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _model_flags(s)
     s.set_defaults(func=cmd_harmonize)
+
+    s = sub.add_parser("evaluate", help="score a folder of harmonized images against ground truth (iHarmony4 protocol)")
+    s.add_argument("--manifest", help="manifest URI with id, composite, mask, real (optional subset)")
+    s.add_argument("--predictions", help="folder of <id>.<png|jpg|jpeg|webp> (or <composite stem>.png), or a harmonize output prefix")
+    s.add_argument("--output", help="output prefix URI (metrics/, summary.json, report.html)")
+    s.add_argument("--compare", help="a second predictions folder, scored side by side")
+    s.add_argument("--use-gt-bg", action="store_true", help="paste the ground-truth background into each prediction first")
+    s.add_argument("--no-report", action="store_true", help="do not write report.html")
+    s.add_argument("--config", help="YAML job config (flags win)")
+    s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("synthesize", help="make iHarmony4-style training data: perturb real images' foregrounds")
+    s.add_argument("--manifest", help="input manifest URI with id, real (and mask for --mask-source given)")
+    s.add_argument("--output", help="output prefix URI (composite_images/, masks/, real_images/, manifest.parquet, params.parquet)")
+    s.add_argument("--mask-source", choices=["given", "ellipse", "box", "blob"], help="given (default): the manifest's masks; else random shapes")
+    s.add_argument("--fg-ratio", metavar="MIN,MAX", help="random masks: foreground ratio range (default 0.05,0.4)")
+    s.add_argument("--per-image", type=int, help="samples per real image (default 1)")
+    s.add_argument("--kinds", help="perturbation kinds, optionally weighted: colour_transfer,tone,day_night or tone=0.7,day_night=0.3")
+    s.add_argument("--strength", metavar="MIN,MAX", help="perturbation strength range (default 0.5,1.0)")
+    s.add_argument("--fmse-range", metavar="MIN,MAX", help="keep composites with fMSE against the real image in range (default 100,5000)")
+    s.add_argument("--max-draws", type=int, help="draws per sample until one passes the fMSE filter (default 3)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--config", help="YAML job config (flags win)")
+    s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("report", help="write report.html (tables, plots, image grids) under an output prefix")
+    s.add_argument("prefix", metavar="OUTPUT_PREFIX", help="a harmonize or evaluate output prefix")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("validate", help="check a manifest and that every object exists; writes nothing")
     s.add_argument("--manifest", required=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import posixpath
+import re
 import time
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from schemas.metrics import to_arrow
 from .config import HarmonizeJobConfig
 from .row_metrics import row_metrics
 from .stage import Resources, Stage, fail_row, pending
-from .storage import read_with_retries, write_with_retries
+from .storage import join, read_with_retries, write_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def resources_of(pool, default_gpus: float = 0.0) -> Resources:
     )
 
 
-def _storage_error(exc: Exception) -> tuple[str, str]:
+def storage_error(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, FileNotFoundError):
         return "missing_object", f"object not found: {exc}"
     return "storage_error", f"{type(exc).__name__}: {exc}"
@@ -79,7 +81,7 @@ class DecodeStage(Stage):
                 real_uri = row.get("real")
                 real = read_with_retries(real_uri, opts, self.cfg.retries) if isinstance(real_uri, str) and real_uri else None
             except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
-                fail_row(batch, i, *_storage_error(exc))
+                fail_row(batch, i, *storage_error(exc))
                 continue
             try:
                 sample = load_sample(comp, mask, real, max_pixels=self.cfg.max_pixels)
@@ -245,6 +247,10 @@ class FinishStage(Stage):
                 x0, y0 = int(row["crop_x0"]), int(row["crop_y0"])
                 out = finish(sample.composite, sample.mask, (x0, y0, x0 + rw, y0 + rh), region, self.cfg.resolution.feather)
                 data = encode_image(out, self.cfg.image_format)
+                if not output_allowed(row["output"], self.cfg.output):
+                    fail_row(batch, i, "unsafe_output", f"refusing to write {row['output']!r}: not one file "
+                             f"name directly under {join(self.cfg.output, 'images')}")
+                    continue
                 write_with_retries(row["output"], data, self.cfg.storage_options, self.cfg.retries)
                 metric_cols[i] = row_metrics(sample, out)
             except Exception as exc:  # noqa: BLE001
@@ -264,6 +270,23 @@ class FinishStage(Stage):
         batch.loc[failed, "output"] = None
         # Enforce the metrics schema on every block before it is journaled.
         return to_arrow(batch.drop(columns=[c for c in TRANSIT if c in batch.columns]))
+
+
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def output_allowed(uri, output: str) -> bool:
+    """True only for `<output>/images/<one plain file name>`: whatever reached this row, the finish
+    stage never writes elsewhere (defence in depth behind the manifest's id rules)."""
+    if not isinstance(uri, str):
+        return False
+    images = join(output, "images").rstrip("/")
+    if not uri.startswith(images + "/"):
+        return False
+    name = uri[len(images) + 1 :]
+    if name in (".", "..") or not _OUTPUT_NAME.fullmatch(name):
+        return False
+    return posixpath.dirname(posixpath.normpath(uri.split("://", 1)[-1])) == posixpath.normpath(images.split("://", 1)[-1])
 
 
 def job_columns(cfg: HarmonizeJobConfig, model_id: str, config_key: str) -> dict:

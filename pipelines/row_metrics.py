@@ -7,22 +7,32 @@ import numpy as np
 from harmony_ops.metrics import evaluate_arrays, full_resolution_metrics, no_reference_metrics
 
 
-def gt_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """iHarmony4 protocol at 256 px plus full-resolution MSE/PSNR of `pred` against `real`."""
-    ref = evaluate_arrays(pred, real, mask)
-    full = full_resolution_metrics(pred, real)
-    return {
-        f"{prefix}mse": ref.mse, f"{prefix}psnr": ref.psnr, f"{prefix}fmse": ref.fmse, f"{prefix}fpsnr": ref.fpsnr,
-        f"{prefix}bmse": ref.bmse, f"{prefix}ssim": ref.ssim, f"{prefix}mse_full": full.mse, f"{prefix}psnr_full": full.psnr,
-    }
+def gt_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "", *,
+               use_gt_bg: bool = False) -> dict[str, float]:
+    """iHarmony4 protocol at 256 px plus full-resolution MSE/PSNR of `pred` against `real`
+    (`use_gt_bg`: the reference's paste of the ground-truth background before any metric)."""
+    full = full_resolution_metrics(pred, real, mask, use_gt_bg=use_gt_bg)
+    return {**protocol_columns(pred, real, mask, prefix, use_gt_bg=use_gt_bg),
+            f"{prefix}mse_full": full.mse, f"{prefix}psnr_full": full.psnr}
 
 
-def row_metrics(sample, out: np.ndarray) -> dict[str, float]:
+def protocol_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "", *,
+                     use_gt_bg: bool = False) -> dict[str, float]:
+    """The 256 px iHarmony4 protocol alone; `pred` may have any size (the protocol resizes it)."""
+    ref = evaluate_arrays(pred, real, mask, use_gt_bg=use_gt_bg)
+    return {f"{prefix}mse": ref.mse, f"{prefix}psnr": ref.psnr, f"{prefix}fmse": ref.fmse, f"{prefix}fpsnr": ref.fpsnr,
+            f"{prefix}bmse": ref.bmse, f"{prefix}ssim": ref.ssim}
+
+
+def row_metrics(sample, out: np.ndarray, *, eval_mask: np.ndarray | None = None, use_gt_bg: bool = False) -> dict[str, float]:
     """No-reference metrics always; against ground truth (for the output and for the untouched
-    composite, the do-nothing baseline) when the sample has it."""
+    composite, the do-nothing baseline) when the sample has it. `eval_mask` (default: the
+    sample's binarised mask) is the mask the ground-truth protocol sees, e.g. a soft mask's
+    8-bit values, which the protocol dithers as the reference does."""
     nr = no_reference_metrics(sample.composite, out, sample.mask)
     cols = {"delta_e_fg": nr.delta_e_fg, "stat_gap_before": nr.stat_gap_before, "stat_gap_after": nr.stat_gap_after}
     if sample.real is not None:
-        cols.update(gt_columns(out, sample.real, sample.mask))
-        cols.update(gt_columns(sample.composite, sample.real, sample.mask, prefix="composite_"))
+        m = sample.mask if eval_mask is None else eval_mask
+        cols.update(gt_columns(out, sample.real, m, use_gt_bg=use_gt_bg))
+        cols.update(gt_columns(sample.composite, sample.real, m, prefix="composite_", use_gt_bg=use_gt_bg))
     return cols
