@@ -176,7 +176,7 @@ class EvaluateStage(Stage):
             notes.append(f"compare_{exc.kind}")
             return {}
         except Exception:  # noqa: BLE001
-            notes.append("comparestorage_error")
+            notes.append("compare_storage_error")
             return {}
         if other.shape[:2] == sample.mask.shape:
             cols = gt_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.cfg.use_gt_bg)

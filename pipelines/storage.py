@@ -48,11 +48,15 @@ def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def filesystem(uri: str, options: dict[str, Any] | None = None):
-    """(fsspec filesystem, path) for any URI; s3fs listings are not cached across calls."""
+    """(fsspec filesystem, path) for any URI.
+
+    Clients are reused per process (fsspec's instance cache: creating an S3 client costs far
+    more than a small GET), but s3fs listings are never cached, so existence checks and
+    resume see objects written since.
+    """
     opts = fsspec_options(uri, options)
     if protocol_of(uri) in ("s3", "s3a"):
         opts.setdefault("use_listings_cache", False)
-        opts.setdefault("skip_instance_cache", True)
     return fsspec.core.url_to_fs(uri, **opts)
 
 
@@ -112,8 +116,15 @@ def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = N
 
 
 def redact(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Storage options safe to print or store: secrets replaced."""
-    return {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in (options or {}).items()}
+    """Storage options safe to print or store: secrets replaced, also in nested dicts
+    (`client_kwargs={"aws_secret_access_key": ...}`, `config_kwargs`)."""
+
+    def clean(k: str, v: Any) -> Any:
+        if str(k).lower() in SECRET_KEYS:
+            return "***"
+        return {kk: clean(kk, vv) for kk, vv in v.items()} if isinstance(v, dict) else v
+
+    return {k: clean(k, v) for k, v in (options or {}).items()}
 
 
 def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 0.2):
