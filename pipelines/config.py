@@ -210,9 +210,21 @@ class PoolsConfig(Strict):
     finish: PoolConfig = Field(default_factory=_finish_pool, description="composite + encode + write + metrics (CPU)")
 
 
-class HarmonizeJobConfig(Strict):
+class JobConfig(Strict):
+    """Fields every Ray job shares: storage, robustness, where to run."""
+
+    limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
+    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
+    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
+    ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
+
+
+class HarmonizeJobConfig(JobConfig):
     """`harmony harmonize`: a manifest of composites to harmonized images and metric tables."""
 
+    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
     manifest: str = Field(description="manifest URI (parquet, csv or jsonl)")
     output: str = Field(description="output prefix URI: images/, metrics/, summary.json are written under it")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -220,26 +232,20 @@ class HarmonizeJobConfig(Strict):
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     seed: int = Field(0, description="job seed; each row's noise seed is derived from it and the row id")
     image_format: Literal["png", "jpg", "webp"] = Field("png", description="format of images/{id}.{ext}")
-    limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     resume: bool = Field(True, description="skip rows already done with the same configuration")
     max_failed_fraction: float | None = Field(
         None, ge=0, le=1, description="exit non-zero when more than this fraction of rows failed or were invalid"
     )
-    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
-    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
-    ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
-    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
 
 
 def _evaluate_pool() -> PoolConfig:
     return PoolConfig(num_cpus=1.0, num_gpus=0, batch_size=4, min_workers=1, max_workers=16)
 
 
-class EvaluateJobConfig(Strict):
+class EvaluateJobConfig(JobConfig):
     """`harmony evaluate`: harmonized images (any method's) against ground truth, iHarmony4 protocol."""
 
+    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
     manifest: str = Field(description="manifest URI (parquet, csv or jsonl) with id, composite, mask, real, optional subset")
     predictions: str = Field(
         description="folder of predictions (<id>.<png|jpg|jpeg|webp> or <composite stem>.png), or a harmonize "
@@ -250,13 +256,6 @@ class EvaluateJobConfig(Strict):
     use_gt_bg: bool = Field(False, description="paste the ground-truth background into each prediction before any metric")
     report: bool = Field(True, description="write report.html under the output prefix")
     pool: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
-    limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
-    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
-    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
-    ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
-    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
 
 
 def _synthesize_pool() -> PoolConfig:
@@ -273,7 +272,7 @@ def _parse_range(v: Any) -> Any:
     return v
 
 
-class SynthesizeJobConfig(Strict):
+class SynthesizeJobConfig(JobConfig):
     """`harmony synthesize`: real images (+ masks) to iHarmony4-style training triples and their parameters."""
 
     manifest: str = Field(description="input manifest URI (parquet, csv or jsonl) with id, real and, for --mask-source given, mask")
@@ -296,13 +295,7 @@ class SynthesizeJobConfig(Strict):
     donor_pool: int = Field(256, ge=1, le=100_000, description="colour transfer: foregrounds of the first N rows are the donors")
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of composite_images/ and real_images/")
     seed: int = Field(0, description="job seed; a sample depends only on it, the row id and the sample number")
-    limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     pool: PoolConfig = Field(default_factory=_synthesize_pool, description="the synthesis stage's tasks (CPU); batch_size in input rows")
-    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
-    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
-    ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
 
     @field_validator("fg_ratio", "strength", "fmse_range", mode="before")
     @classmethod
