@@ -119,8 +119,10 @@ def weights_file(model_dir: Path, label: str, allow_pickle: bool) -> Path:
     """The weight file of a diffusers model folder, enforcing the safetensors policy."""
     if not (model_dir / "config.json").exists():
         raise CheckpointError(f"{label}: missing {model_dir / 'config.json'}")
+    _check_json(model_dir / "config.json", label)
     safe = model_dir / SAFE_WEIGHTS
     if safe.exists():
+        check_safetensors(safe, label)
         return safe
     pickled = [p for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if pickled and not allow_pickle:
@@ -131,6 +133,31 @@ def weights_file(model_dir: Path, label: str, allow_pickle: bool) -> Path:
     if pickled:
         return pickled[0]
     raise CheckpointError(f"{label}: missing weights {model_dir / SAFE_WEIGHTS}")
+
+
+def _check_json(path: Path, label: str) -> None:
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{label}: {path} is not valid JSON: {exc}") from exc
+
+
+def check_safetensors(path: Path, label: str) -> list[str]:
+    """The tensor names of a safetensors file, after checking its header covers the file exactly.
+
+    Reads only the header (the file is memory-mapped), so a truncated or corrupt weight file
+    stops the job before Ray starts instead of failing every model actor's setup.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
+        raise CheckpointError(f"{label}: {path} is not a valid safetensors file: {exc}") from exc
+    if not keys:
+        raise CheckpointError(f"{label}: {path} holds no tensors")
+    return keys
 
 
 def load_model(cls, model_dir: Path, label: str, allow_pickle: bool = False, dtype: torch.dtype | None = None):
@@ -256,6 +283,10 @@ def resolve_checkpoint(
     weights_file(unet_dir, f"unet ({unet or model})", allow_pickle)
     weights_file(vae_dir, f"vae ({vae or model})", allow_pickle)
     load_scheduler_config(root, f"scheduler ({model})")
+    if (root / NULL_EMBEDDING_FILE).exists():
+        label = f"null text embedding ({model})"
+        if NULL_EMBEDDING_KEY not in check_safetensors(root / NULL_EMBEDDING_FILE, label):
+            raise CheckpointError(f"{label}: {root / NULL_EMBEDDING_FILE} lacks the tensor {NULL_EMBEDDING_KEY!r}")
     refiner_dir: Path | None = None
     if refiner == "auto":
         refiner_dir = root / "refiner" if (root / "refiner" / "config.json").exists() else None

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 ENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -48,9 +48,23 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
             raise ImageError("too_large", f"{what}: {exc}") from exc
         except UnidentifiedImageError as exc:
             raise ImageError("unreadable", f"{what} is not a recognised image") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError("corrupt", f"{what} is truncated or corrupt: {exc}") from exc
+        except MemoryError as exc:  # a crafted header can ask a decoder for huge buffers
+            raise ImageError("too_large", f"{what} needs more memory to decode than is available") from exc
+        except Exception as exc:  # noqa: BLE001 - malformed files raise OSError, SyntaxError, TypeError, struct.error, ...
+            raise ImageError("corrupt", f"{what} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
     return img
+
+
+def _guarded(what: str, fn, *args):
+    """Run a conversion of a decoded image; a mode PIL cannot convert is this input's fault."""
+    try:
+        return fn(*args)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageError("too_large", f"{what} needs more memory to convert than is available") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError("unreadable", f"{what} has an unsupported pixel format ({type(exc).__name__}: {exc})") from exc
 
 
 def _orientation(img: Image.Image) -> int:
@@ -90,7 +104,7 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX
     """Decode to an RGB PIL image without applying EXIF orientation (the caller decides)."""
     img = _open(data, what, max_pixels)
     orientation = _orientation(img)
-    rgb, notes = to_rgb(img)
+    rgb, notes = _guarded(what, to_rgb, img)
     return rgb, orientation, notes
 
 
@@ -98,6 +112,11 @@ def decode_mask(data: bytes, what: str = "mask", max_pixels: int = DEFAULT_MAX_P
     """Decode to an 8-bit L image; alpha-only masks (transparent background) use their alpha."""
     img = _open(data, what, max_pixels)
     orientation = _orientation(img)
+    img, notes = _guarded(what, _mask_to_l, img)
+    return img, orientation, notes
+
+
+def _mask_to_l(img: Image.Image) -> tuple[Image.Image, list[str]]:
     notes = []
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         img = _to_8bit(img)
@@ -109,16 +128,26 @@ def decode_mask(data: bytes, what: str = "mask", max_pixels: int = DEFAULT_MAX_P
         notes.append("mask_from_alpha")
     if img.mode != "L":
         img = img.convert("L")
-    return img, orientation, notes
+    return img, notes
+
+
+# EXIF orientation -> the transposition that displays the stored pixels upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
-    if orientation in (None, 1):
-        return img
-    img.getexif()[0x0112] = orientation  # exif_transpose reads the tag from the image itself
-    img.info.pop("exif", None)
-    out = ImageOps.exif_transpose(img)
-    return out if out is not None else img
+    """Transpose by an orientation value directly: the image's own (possibly malformed) EXIF block
+    is never parsed here, which matters when a mask is rotated by its composite's tag."""
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def oriented_pair(comp: Image.Image, comp_orientation: int, mask: Image.Image, mask_orientation: int) -> tuple[Image.Image, Image.Image, str]:

@@ -173,6 +173,7 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
     summary = build_summary(metrics, wall, processed_ok, config, {"model_id": model_id, "config_key": key})
     write_bytes_atomic(join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), cfg.storage_options)
     _remove_journal(cfg)
+    _remove_stale_temporaries(cfg)
 
     echo(headline(summary))
     echo(f"images: {join(cfg.output, 'images')}\nmetrics: {join(cfg.output, METRICS_FILE)}\nsummary: {join(cfg.output, 'summary.json')}")
@@ -187,3 +188,13 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
 
 def _remove_journal(cfg: HarmonizeJobConfig) -> None:
     remove_tree(join(cfg.output, JOURNAL), cfg.storage_options)
+
+
+def _remove_stale_temporaries(cfg: HarmonizeJobConfig) -> None:
+    """Temporary siblings a killed worker left between write and rename (file systems only: object
+    stores publish whole PUTs). They never carry a final name; this only tidies the folder."""
+    fs, path = filesystem(join(cfg.output, "images"), cfg.storage_options)
+    if "file" not in fs.protocol:
+        return
+    for p in fs.glob(f"{path}/*.tmp-*"):
+        fs.rm(p)

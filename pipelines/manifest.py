@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import re
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -57,6 +58,14 @@ def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def is_safe_name(name: str) -> bool:
+    """One path segment that cannot climb out of its folder on any file system or object store."""
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
 def manifest_dir(uri: str) -> str:
     return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
@@ -77,6 +86,11 @@ def row_seed(seed: int, row_id: str) -> int:
 def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format: str, seed: int) -> pd.DataFrame:
     """Validate, resolve URIs, mark duplicates, assign seeds and output URIs; returns the job's row table."""
     reasons = row_problems(df)
+    # Defence in depth: the id names the output object, so it must be one plain path segment.
+    # (A `$`-anchored pattern alone lets a trailing newline through.)
+    unsafe = df["id"].map(lambda v: isinstance(v, str) and not is_safe_name(v))
+    for i in df.index[unsafe & (reasons == "")]:
+        reasons[i] = "id: must be one file name of [A-Za-z0-9._-], at most 200 characters, without '..'"
     out = df.copy()
     out.insert(0, "row", range(len(out)))
     base = manifest_dir(manifest_uri)

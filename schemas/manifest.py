@@ -8,7 +8,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+ID_PATTERN = r"^[A-Za-z0-9._-]+\Z"  # \Z, not $: "$" also matches before a trailing newline
 REQUIRED = ("id", "composite", "mask")
 OPTIONAL = ("real", "subset")
 

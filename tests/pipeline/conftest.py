@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -17,6 +19,14 @@ pytestmark = pytest.mark.pipeline
 
 TMP = tempfile.mkdtemp(prefix="ray-")
 os.environ.setdefault("RAY_TMPDIR", TMP)
+
+
+@atexit.register
+def _cleanup() -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 @pytest.fixture
