@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 import re
 import time
@@ -154,7 +155,7 @@ class ModelStage(Stage):
         kwargs = m.engine_kwargs(self.cfg.storage_options)
         if self.resources.num_gpus == 0:
             # A CPU actor must not grab a GPU it was not given, nor more threads than its CPUs.
-            torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+            torch.set_num_threads(max(1, math.ceil(self.resources.num_cpus)))
             if kwargs.get("device") == "auto":
                 kwargs["device"] = "cpu"
         self.engine = load_engine(m.engine, **kwargs)

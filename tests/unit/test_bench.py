@@ -31,7 +31,7 @@ def test_markdown_has_every_section():
          "model": [{"resolution": 512, "batch_size": 1, "stage1_images_per_s": 1.0, "stage1_s_per_image": 1.0,
                     "stage1_gflop_per_image": 27.0, "stage1_tflops": 0.03, "stage1_utilisation": 0.5,
                     "peak_tflops": 0.06, "peak_note": "measured"}],
-         "pipeline": {"images": 8, "resolution": 512, "batch_size": 2, "bare_loop_images_per_s": 1.0,
+         "pipeline": {"images": 8, "resolution": 512, "batch_size": 2, "bare_loop_images_per_s": 1.0, "pipeline_streaming_images_per_s": 0.95, "streaming_efficiency_vs_bare": 0.95, "pipeline_fixed_seconds": 2.0,
                       "pipeline_images_per_s": 0.9, "efficiency_vs_bare": 0.9, "reference_loop_images_per_s": 0.5,
                       "speedup_vs_reference": 1.8},
          "adaptive": [{"mode": m, "images_per_s": 1.0, "stage1_tflop_total": 1.0, "compute_saved_vs_1024": 0.0,
