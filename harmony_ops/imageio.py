@@ -84,13 +84,19 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
+def _normalise_mode(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """High bit depths to 8-bit and palettes to RGBA: the modes both images and masks start from."""
     notes = []
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         img = _to_8bit(img)
         notes.append("converted_high_bit_depth")
     if img.mode == "P":
         img = img.convert("RGBA")
+    return img, notes
+
+
+def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    img, notes = _normalise_mode(img)
     if img.mode in ("RGBA", "LA", "PA"):
         notes.append("dropped_alpha")
     if img.mode == "CMYK":
@@ -117,12 +123,7 @@ def decode_mask(data: bytes, what: str = "mask", max_pixels: int = DEFAULT_MAX_P
 
 
 def _mask_to_l(img: Image.Image) -> tuple[Image.Image, list[str]]:
-    notes = []
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        img = _to_8bit(img)
-        notes.append("converted_high_bit_depth")
-    if img.mode == "P":
-        img = img.convert("RGBA")
+    img, notes = _normalise_mode(img)
     if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
         img = img.getchannel("A")
         notes.append("mask_from_alpha")

@@ -6,6 +6,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from .columns import typed_columns
+
 STATUSES = ("ok", "failed", "invalid", "skipped")
 
 # Metrics against ground truth (iHarmony4 protocol at 256 px, plus full resolution) for the
@@ -75,17 +77,7 @@ class Metrics(pa.DataFrameModel):
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Every column of the table in its Arrow-friendly dtype (missing ones filled with nulls), then validated."""
-    out = pd.DataFrame(index=df.index)
-    for c in COLUMNS:
-        v = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index)
-        if c in INT_COLUMNS:
-            out[c] = v.astype("int64")
-        elif c in NULLABLE_INT_COLUMNS:
-            out[c] = pd.array(v.tolist(), dtype="Int64") if len(v) else pd.array([], dtype="Int64")
-        elif c in FLOAT_COLUMNS:
-            out[c] = pd.to_numeric(v, errors="coerce").astype("float64")
-        else:
-            out[c] = v.astype(object).where(v.notna(), None)
+    out = typed_columns(df, COLUMNS, ints=INT_COLUMNS, nullable_ints=NULLABLE_INT_COLUMNS, floats=FLOAT_COLUMNS)
     extra = [c for c in df.columns if c not in COLUMNS]
     for c in extra:  # optional columns and manifest pass-through columns
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64") if c in OPTIONAL_FLOAT_COLUMNS else df[c]

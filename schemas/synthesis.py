@@ -16,6 +16,8 @@ import pandera.pandas as pa
 import pyarrow as pa_
 from pandera.typing import Series
 
+from .columns import typed_columns
+
 STATUSES = ("kept", "rejected", "failed", "invalid")
 # The output manifest: what `harmony harmonize` and `harmony evaluate` read (paths relative to it).
 MANIFEST_COLUMNS = ("id", "composite", "mask", "real", "subset")
@@ -92,17 +94,7 @@ MANIFEST_SCHEMA = pa_.schema([SCHEMA.field(c) for c in MANIFEST_COLUMNS])
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Exactly COLUMNS, in order and in Arrow-friendly dtypes (missing ones as nulls), validated."""
-    out = pd.DataFrame(index=df.index)
-    for c in COLUMNS:
-        v = df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
-        if c in BOOL_COLUMNS:
-            out[c] = v.fillna(False).astype(bool)
-        elif c in NULLABLE_INT_COLUMNS:
-            out[c] = pd.array(v.tolist(), dtype="Int64") if len(v) else pd.array([], dtype="Int64")
-        elif c in FLOAT_COLUMNS:
-            out[c] = pd.to_numeric(v, errors="coerce").astype("float64")
-        else:
-            out[c] = v.astype(object).where(v.notna(), None)
+    out = typed_columns(df, COLUMNS, nullable_ints=NULLABLE_INT_COLUMNS, floats=FLOAT_COLUMNS, bools=BOOL_COLUMNS)
     return SynthesisParams.validate(out.reset_index(drop=True), lazy=True)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harmony_ops.perturb import ellipse_mask, lab_shift
+from tests.scenes import enc, make_scene  # noqa: F401 - re-exported for the pipeline tests
 
 pytestmark = pytest.mark.pipeline
 
@@ -40,22 +40,6 @@ def ray_local():
 
     DataContext.get_current().enable_progress_bars = False
     yield ray
-
-
-def enc(arr: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def make_scene(seed: int, h: int = 72, w: int = 96, ratio: float = 0.2):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    real = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 120.0)], -1)
-    real = np.clip(real + rng.normal(0, 6, real.shape), 0, 255).astype(np.uint8)
-    mask = ellipse_mask(h, w, rng, ratio)
-    comp, _ = lab_shift(real, mask, rng)
-    return comp, (mask * 255).astype(np.uint8), real
 
 
 def write_dataset(put, good: int = 4) -> pd.DataFrame:

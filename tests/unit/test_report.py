@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harmony_ops.perturb import ellipse_mask, lab_shift
+from tests.scenes import make_scene
 from pipelines import svg_plots
 from pipelines.config import EvaluateJobConfig
 from pipelines.evaluate_stages import EvaluateStage
@@ -192,14 +192,8 @@ def test_write_report_from_a_prefix(tmp_path: Path):
 # --- a small evaluate output, built without Ray (shared with the browser test) ----------------
 
 
-def _scene(seed: int, h: int = 90, w: int = 120, ratio: float = 0.2):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    real = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 120.0)], -1)
-    real = np.clip(real + rng.normal(0, 6, real.shape), 0, 255).astype(np.uint8)
-    mask = ellipse_mask(h, w, rng, ratio)
-    comp, _ = lab_shift(real, mask, rng)
-    return comp, (mask * 255).astype(np.uint8), real
+def _scene(seed: int, ratio: float = 0.2):
+    return make_scene(seed, h=90, w=120, ratio=ratio)
 
 
 def make_report_prefix(root: Path) -> Path:
