@@ -21,7 +21,7 @@ from schemas.metrics import COMPARE_METRICS, to_arrow
 from .config import EvaluateJobConfig
 from .harmonize_stages import storage_error
 from .row_metrics import gt_columns, protocol_columns, row_metrics
-from .stage import Resources, Stage, fail_row, pending
+from .stage import Resources, Stage, fail_row, pending, with_columns
 from .storage import read_with_retries
 
 # Columns that only travel to the stage; dropped before the block is journaled.
@@ -90,10 +90,7 @@ class EvaluateStage(Stage):
     resources: Resources = Resources()
 
     def process(self, batch: pd.DataFrame):
-        batch = batch.copy()
-        for c in ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish"):
-            if c not in batch.columns:
-                batch[c] = None
+        batch = with_columns(batch, ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish"))
         if self.cfg.compare:
             for c in COMPARE_METRICS + ("delta_psnr", "delta_fmse"):
                 batch[c] = np.nan

@@ -21,7 +21,7 @@ from schemas.metrics import to_arrow
 
 from .config import HarmonizeJobConfig
 from .row_metrics import row_metrics
-from .stage import Resources, Stage, fail_row, pending
+from .stage import Resources, Stage, fail_row, pending, with_columns
 from .storage import join, read_with_retries, write_with_retries
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,8 @@ class DecodeStage(Stage):
     resources: Resources = Resources()
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.copy()
-        for c in TRANSIT + ("width", "height", "fg_ratio", "fg_bucket", "inference_width", "inference_height",
-                            "crop", "notes", "seconds_decode"):
-            if c not in batch.columns:
-                batch[c] = None
+        batch = with_columns(batch, TRANSIT + ("width", "height", "fg_ratio", "fg_bucket", "inference_width",
+                                               "inference_height", "crop", "notes", "seconds_decode"))
         opts, policy = self.cfg.storage_options, self.cfg.resolution.policy()
         for i in batch.index[pending(batch)]:
             t = time.perf_counter()
@@ -161,10 +158,8 @@ class ModelStage(Stage):
         self.engine = load_engine(m.engine, **kwargs)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.copy()
-        for c in ("result_rgb", "seconds_stage1", "seconds_refine", "model_peak_host_mib", "model_peak_device_mib"):
-            if c not in batch.columns:
-                batch[c] = None
+        batch = with_columns(batch, ("result_rgb", "seconds_stage1", "seconds_refine", "model_peak_host_mib",
+                                     "model_peak_device_mib"))
         idx = list(batch.index[pending(batch)])
         if idx:
             self._run(batch, idx)
@@ -233,10 +228,7 @@ class FinishStage(Stage):
     resources: Resources = Resources()
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.copy()
-        for c in ("seconds_finish",):
-            if c not in batch.columns:
-                batch[c] = None
+        batch = with_columns(batch, ("seconds_finish",))
         metric_cols: dict[str, dict] = {}
         for i in batch.index[pending(batch)]:
             t = time.perf_counter()

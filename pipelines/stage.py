@@ -44,6 +44,15 @@ class Stage:
         return self.process(batch)
 
 
+def with_columns(batch: pd.DataFrame, names) -> pd.DataFrame:
+    """A copy of the batch (Ray may hand out read-only views) with the named columns present (None)."""
+    batch = batch.copy()
+    for c in names:
+        if c not in batch.columns:
+            batch[c] = None
+    return batch
+
+
 def pending(batch: pd.DataFrame) -> pd.Series:
     return batch["status"] == PENDING
 
