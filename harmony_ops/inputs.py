@@ -14,6 +14,7 @@ class Sample:
     composite: np.ndarray  # uint8 H x W x 3
     mask: np.ndarray  # float32 H x W in {0, 1}
     real: np.ndarray | None = None  # uint8 H x W x 3, ground truth when given
+    mask_grey: np.ndarray | None = None  # uint8 H x W, the mask's 8-bit values as decoded and oriented
     notes: list[str] = field(default_factory=list)  # conversions applied, e.g. "mask_binarized"
 
     @property
@@ -57,4 +58,5 @@ def load_sample(
                 f"ground truth is {real_img.size[0]}x{real_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
             )
         gt = np.asarray(real_img, dtype=np.uint8)
-    return Sample(composite=np.asarray(comp_img, dtype=np.uint8), mask=m, real=gt, notes=notes)
+    return Sample(composite=np.asarray(comp_img, dtype=np.uint8), mask=m, real=gt, notes=notes,
+                  mask_grey=np.asarray(mask_img, dtype=np.uint8))

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from harmony_ops.compositing import resize_rgb
-from harmony_ops.imageio import ImageError, apply_orientation, decode_image, decode_mask, oriented_pair
+from harmony_ops.imageio import ImageError, apply_orientation, decode_image
 from harmony_ops.inputs import Sample, load_sample
 from harmony_ops.metrics import REFERENCE_RESOLUTION, fg_bucket
 
@@ -28,18 +28,13 @@ from .storage import read_with_retries
 TRANSIT = ("compare_prediction",)
 
 
-def protocol_mask(sample: Sample, comp_bytes: bytes, mask_bytes: bytes, max_pixels: int) -> np.ndarray:
+def protocol_mask(sample: Sample) -> np.ndarray:
     """The mask as the reference evaluation reads it: 8-bit grey values, oriented like the sample.
 
-    A binary mask is the sample's own (x255). A soft mask keeps its grey values, which the
-    protocol dithers (PIL mode "1") exactly as the reference does, instead of the 0.5 threshold.
+    A soft mask keeps its grey values, which the protocol dithers (PIL mode "1") exactly as the
+    reference does, instead of the 0.5 threshold; a binary one is 0/255 either way.
     """
-    if "mask_binarized" not in sample.notes:
-        return (sample.mask * 255).astype(np.uint8)
-    comp_img, comp_or, _ = decode_image(comp_bytes, "composite", max_pixels)
-    mask_img, mask_or, _ = decode_mask(mask_bytes, "mask", max_pixels)
-    _, mask_img, _ = oriented_pair(comp_img, comp_or, mask_img, mask_or)
-    return np.asarray(mask_img, dtype=np.uint8)
+    return sample.mask_grey if sample.mask_grey is not None else (sample.mask * 255).astype(np.uint8)
 
 
 def protocol_fg_ratio(grey_mask: np.ndarray, resolution: int = REFERENCE_RESOLUTION) -> float:
@@ -130,7 +125,7 @@ class EvaluateStage(Stage):
         try:
             sample = load_sample(comp, mask, real, max_pixels=cfg.max_pixels)
             pred, pred_notes = decode_prediction(pred_bytes, cfg.max_pixels)
-            grey = protocol_mask(sample, comp, mask, cfg.max_pixels)
+            grey = protocol_mask(sample)
         except ImageError as exc:
             fail_row(batch, i, exc.kind, str(exc))
             return None
