@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,13 +20,6 @@ class ImageError(ValueError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass
-class Decoded:
-    array: np.ndarray  # uint8 H x W x 3 (images) or float32 H x W in [0, 1] (masks)
-    orientation: int = 1  # EXIF orientation tag of the file (1 = upright)
-    notes: list[str] = field(default_factory=list)
 
 
 def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pytest
@@ -11,7 +10,7 @@ from pipelines.cli import _harmonize_flags, build_parser
 from pipelines.config import HarmonizeJobConfig, build
 from pipelines.harmonize_job import config_key
 from pipelines.summary import aggregate, build_summary
-from schemas.metrics import COLUMNS, Metrics, conform, to_arrow
+from schemas.metrics import COLUMNS, conform, to_arrow
 
 
 def rows():
