@@ -6,7 +6,7 @@ they pull in, as installed in the environment that ran the tests.
 Only runtime requirements are followed (no `test`/`demo` extras); `ray[data]` brings its `data`
 extra. Local version labels are dropped (`torch==2.13.0+cpu` -> `torch==2.13.0`) so one lock serves
 the CUDA image (PyPI's default torch wheels) and the CPU image (the CPU wheel index).
-tests/unit/test_deploy.py checks that the lock still matches the environment.
+tests/unit/deploy/test_deploy.py checks that the lock still matches the environment.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from .config import ConfigError
+from pipelines.config import ConfigError
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    from .storage import parse_storage_options
+    from pipelines.io.storage import parse_storage_options
 
     return {
         "model": {
@@ -49,8 +49,8 @@ def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_image(a: argparse.Namespace) -> int:
-    from .config import ImageJobConfig, build
-    from .image_job import run_image
+    from pipelines.config import ImageJobConfig, build
+    from pipelines.jobs.image.job import run_image
 
     flags = _model_overrides(a)
     flags.update(composite=a.composite, mask=a.mask, output=a.output, seed=a.seed)
@@ -88,17 +88,17 @@ def _harmonize_flags(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_harmonize(a: argparse.Namespace) -> int:
-    from .config import HarmonizeJobConfig, build
-    from .harmonize_job import run_harmonize
+    from pipelines.config import HarmonizeJobConfig, build
+    from pipelines.jobs.harmonize.job import run_harmonize
 
     cfg = build(HarmonizeJobConfig, a.config, _harmonize_flags(a))
     return run_harmonize(cfg).exit_code
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .config import EvaluateJobConfig, build
-    from .evaluate_job import run_evaluate
-    from .storage import parse_storage_options
+    from pipelines.config import EvaluateJobConfig, build
+    from pipelines.jobs.evaluate.job import run_evaluate
+    from pipelines.io.storage import parse_storage_options
 
     flags = dict(
         manifest=a.manifest,
@@ -116,9 +116,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
-    from .config import SynthesizeJobConfig, build
-    from .storage import parse_storage_options
-    from .synthesize_job import run_synthesize
+    from pipelines.config import SynthesizeJobConfig, build
+    from pipelines.io.storage import parse_storage_options
+    from pipelines.jobs.synthesize.job import run_synthesize
 
     flags = dict(
         manifest=a.manifest,
@@ -140,16 +140,16 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
-    from .storage import parse_storage_options
+    from pipelines.report.html import write_report
+    from pipelines.io.storage import parse_storage_options
 
     print(f"wrote {write_report(a.prefix, parse_storage_options(a.storage_option))}")
     return 0
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from .storage import parse_storage_options
-    from .validate_job import run_validate
+    from pipelines.io.storage import parse_storage_options
+    from pipelines.jobs.validate.job import run_validate
 
     report = run_validate(a.manifest, parse_storage_options(a.storage_option), check_objects=not a.no_check_objects)
     print(report.text())
@@ -157,14 +157,14 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from pipelines.jobs.demo.demo import run_demo
 
     return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images)
 
 
 def cmd_import_iharmony4(a: argparse.Namespace) -> int:
-    from .iharmony4 import import_iharmony4
-    from .storage import parse_storage_options
+    from pipelines.io.iharmony4 import import_iharmony4
+    from pipelines.io.storage import parse_storage_options
 
     n = import_iharmony4(a.root, a.split, a.output, parse_storage_options(a.storage_option))
     print(f"wrote {n} rows to {a.output}")
@@ -172,7 +172,7 @@ def cmd_import_iharmony4(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from pipelines.jobs.bench.bench import run_bench
 
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     run_bench(arch=a.arch, resolutions=ints(a.resolution), batch_sizes=ints(a.batch_size), device=a.device,
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from harmony_ops.checkpoints import CheckpointError
     from harmony_ops.imageio import ImageError
 
-    from .config import JobError
+    from pipelines.config import JobError
 
     try:
         return args.func(args)

@@ -1,0 +1,122 @@
+"""Reading a manifest (parquet, CSV, JSON Lines) into validated rows, each with a status.
+
+Bad rows are not dropped: they become `invalid` with a reason, so every manifest row
+leaves exactly one metrics row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import re
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from schemas.manifest import OPTIONAL, row_problems
+
+from pipelines.core.stage import PENDING
+from pipelines.io.storage import arrow_filesystem, filesystem, join
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be read."""
+
+
+def manifest_format(uri: str) -> str:
+    ext = posixpath.splitext(uri.rstrip("/"))[1].lower()
+    if ext not in FORMATS:
+        raise ManifestError(f"manifest {uri}: unknown format {ext or '(no extension)'}; use .parquet, .csv or .jsonl")
+    return FORMATS[ext]
+
+
+def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
+    fmt = manifest_format(uri)
+    try:
+        if fmt == "parquet":
+            fs, path = arrow_filesystem(uri, options)
+            df = pq.read_table(path, filesystem=fs).to_pandas()
+        else:
+            fs, path = filesystem(uri, options)
+            data = fs.cat_file(path)
+            if fmt == "csv":
+                df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+            else:
+                df = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {uri} does not exist") from None
+    except ManifestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parsers raise many types; the job cannot run either way
+        raise ManifestError(f"manifest {uri} cannot be read: {type(exc).__name__}: {exc}") from exc
+    for c in OPTIONAL:  # CSV has no nulls: an empty optional cell means "not given"
+        if c in df.columns:
+            df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, str) and v == "") else v)
+    return df.reset_index(drop=True)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def is_safe_name(name: str) -> bool:
+    """One path segment that cannot climb out of its folder on any file system or object store."""
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
+def manifest_dir(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] if "/" in uri else "."
+
+
+def resolve_uri(base: str, value):
+    """Relative paths resolve against the manifest's folder; URIs and absolute paths stay."""
+    if not isinstance(value, str) or not value or "://" in value or value.startswith("/"):
+        return value
+    return join(base, value)
+
+
+def row_seed(seed: int, row_id: str) -> int:
+    """Per-row noise seed: a function of the job seed and the id only, so batching never changes it."""
+    digest = hashlib.blake2b(f"{seed}:{row_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF
+
+
+def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format: str, seed: int) -> pd.DataFrame:
+    """Validate, resolve URIs, mark duplicates, assign seeds and output URIs; returns the job's row table."""
+    reasons = row_problems(df)
+    # Defence in depth: the id names the output object, so it must be one plain path segment.
+    # (A `$`-anchored pattern alone lets a trailing newline through.)
+    unsafe = df["id"].map(lambda v: isinstance(v, str) and not is_safe_name(v))
+    for i in df.index[unsafe & (reasons == "")]:
+        reasons[i] = "id: must be one file name of [A-Za-z0-9._-], at most 200 characters, without '..'"
+    out = df.copy()
+    out.insert(0, "row", range(len(out)))
+    base = manifest_dir(manifest_uri)
+    for c in ("composite", "mask", "real"):
+        if c in out.columns:
+            out[c] = out[c].map(lambda v: resolve_uri(base, v))
+        else:
+            out[c] = None
+    if "subset" not in out.columns:
+        out["subset"] = None
+    out["status"] = PENDING
+    out["error_type"] = None
+    out["error_message"] = None
+    bad = reasons != ""
+    out.loc[bad, "status"] = "invalid"
+    out.loc[bad, "error_type"] = "invalid_row"
+    out.loc[bad, "error_message"] = reasons[bad]
+    ids = out["id"].where(~bad)
+    dup = ids.notna() & ids.duplicated(keep="first")
+    out.loc[dup, "status"] = "invalid"
+    out.loc[dup, "error_type"] = "duplicate_id"
+    out.loc[dup, "error_message"] = [f"id {i!r} appears earlier in the manifest" for i in out.loc[dup, "id"]]
+    ok = out["status"] == PENDING
+    out["output"] = None
+    out.loc[ok, "output"] = [join(output, "images", f"{i}.{image_format}") for i in out.loc[ok, "id"]]
+    out["seed"] = [row_seed(seed, str(i)) if k else None for i, k in zip(out["id"], ok)]
+    # Keep the table Arrow-friendly: ids as strings even where the manifest had other types.
+    out["id"] = out["id"].map(lambda v: v if isinstance(v, str) else ("" if v is None else str(v)))
+    return out

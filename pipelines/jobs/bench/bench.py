@@ -1,0 +1,427 @@
+"""`harmony bench`: how fast, how close to the hardware, how it scales.
+
+Sections (each result records its command, the machine and versions):
+1. model: stage 1 (VAE encode + N UNet steps + VAE decode) and the refiner on in-memory
+   tensors, per resolution and batch size; FLOPs per image counted with torch's FLOP counter
+   on meta tensors (no compute), achieved TFLOP/s against the device's peak.
+2. pipeline: `harmony harmonize` end to end on the same model, device and images, divided by
+   the bare model loop measured in the same run, and against a loop shaped like the reference
+   repository's inference script (DataLoader, square resize, refiner at the output size, PNG files).
+3. adaptive: images/s and FLOPs for fixed 1024, fixed 512 and auto on a mixed set.
+4. scaling: pipeline throughput with 1 and 2 model actors, peak host/device memory per actor.
+Warm-up runs are excluded; figures are medians of repeated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Dense fp16/bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity).
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "T4": 65.0}
+
+
+def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def machine(device) -> dict[str, Any]:
+    import torch
+
+    from pipelines.report.summary import versions
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "versions": versions()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return info
+
+
+def peak_tflops(device, dtype) -> tuple[float | None, str]:
+    """The device's peak for this precision: datasheet for known GPUs, a measured large GEMM on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_TFLOPS.items():
+            if key in name and dtype in (torch.float16, torch.bfloat16):
+                return value, f"datasheet dense fp16/bf16 peak of {key}"
+        return None, f"no datasheet peak known for {name}"
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    sec = median_time(lambda: a @ b, repeats=5)
+    return 2 * n**3 / sec / 1e12, f"measured {n}x{n} {str(dtype).removeprefix('torch.')} matmul on this CPU"
+
+
+def count_flops(arch: str, width: int, height: int, steps: int) -> dict[str, float]:
+    """FLOPs per image of each part, on meta tensors (instant, no weights needed)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harmony_ops.factory import REFINER_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
+    from harmony_ops.refiner import UNet2DCustom
+
+    def flops(fn) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return float(fc.get_total_flops())
+
+    with torch.device("meta"), torch.no_grad():
+        unet = UNet2DConditionModel(**UNET_CONFIGS[arch])
+        vae = AutoencoderKL(**VAE_CONFIGS[arch])
+        refiner = UNet2DCustom(**REFINER_CONFIGS[arch])
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        lat = torch.zeros(1, 4, height // f, width // f)
+        text = torch.zeros(1, 77, unet.config.cross_attention_dim)
+        out = {
+            "vae_encode": flops(lambda: vae.encode(torch.zeros(1, 3, height, width))),
+            "unet_step": flops(lambda: unet(torch.zeros(1, 9, height // f, width // f), torch.tensor(1), encoder_hidden_states=text)),
+            "vae_decode": flops(lambda: vae.decode(lat)),
+            "refiner": flops(lambda: refiner(torch.zeros(1, refiner.config.in_channels, height, width))),
+        }
+    out["stage1"] = out["vae_encode"] + steps * out["unet_step"] + out["vae_decode"]
+    return out
+
+
+def _engine(ckpt: Path, device: str, dtype: str, steps: int):
+    from harmony_ops.loader import load_diffharmony
+
+    return load_diffharmony(str(ckpt), device=device, dtype=dtype, steps=steps)
+
+
+def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps) -> list[dict]:
+    import torch
+
+    from harmony_ops.refiner import make_refiner_input
+
+    device, dtype = engine.device, engine.sampler.dtype
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    peak, peak_note = peak_tflops(device, dtype)
+    rows = []
+    for res in resolutions:
+        fl = count_flops(arch, res, res, steps)
+        for bs in batch_sizes:
+            g = torch.Generator().manual_seed(0)
+            images = torch.rand(bs, 3, res, res, generator=g) * 2 - 1
+            masks = (torch.rand(bs, 1, res, res, generator=g) > 0.5).float()
+            t1 = median_time(lambda: engine.sampler(images, masks, seeds=list(range(bs)), num_inference_steps=steps),
+                             repeats, sync=sync)
+            row = {"resolution": res, "batch_size": bs, "stage1_s_per_image": t1 / bs, "stage1_images_per_s": bs / t1,
+                   "stage1_gflop_per_image": fl["stage1"] / 1e9}
+            row["stage1_tflops"] = fl["stage1"] * bs / t1 / 1e12
+            if engine.refiner is not None:
+                x = make_refiner_input(images, masks, images, engine.refiner.config.in_channels).to(device, engine.refiner.dtype)
+                t2 = median_time(lambda: engine.refiner(x), repeats, sync=sync)
+                row.update(refiner_s_per_image=t2 / bs, refiner_images_per_s=bs / t2,
+                           refiner_gflop_per_image=fl["refiner"] / 1e9, refiner_tflops=fl["refiner"] * bs / t2 / 1e12)
+            if peak:
+                row["stage1_utilisation"] = row["stage1_tflops"] / peak
+            row["peak_tflops"] = peak
+            row["peak_note"] = peak_note
+            rows.append(row)
+            print(f"  model {res}px batch {bs}: stage1 {row['stage1_images_per_s']:.3f} img/s "
+                  f"({row['stage1_tflops']:.3f} TFLOP/s), refiner {row.get('refiner_images_per_s', float('nan')):.3f} img/s",
+                  file=sys.stderr)
+    return rows
+
+
+def make_images(folder: Path, n: int, size: int, fg_ratios=(0.3,), with_real: bool = False) -> Path:
+    """n composites of exactly size x size (so every path runs the same inference size) + manifest.
+
+    Without `real` by default: a catalog run has no ground truth, and scoring against it is an audit
+    cost (`harmony evaluate`) that the bare loop does not pay either."""
+    import pandas as pd
+    from PIL import Image
+
+    from harmony_ops.perturb import ellipse_mask, lab_shift
+
+    from pipelines.jobs.demo.demo import sample_photos
+
+    rng = np.random.default_rng(0)
+    photos = [np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for _, p in sample_photos()]
+    rows = []
+    for k in range(n):
+        real = photos[k % len(photos)]
+        mask = ellipse_mask(size, size, rng, fg_ratios[k % len(fg_ratios)])
+        comp, _ = lab_shift(real, mask, rng)
+        for sub, arr in (("comp", comp), ("mask", (mask * 255).astype(np.uint8)), ("real", real)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(folder / sub / f"img{k:03d}.png")
+        rows.append({"id": f"img{k:03d}", "composite": f"comp/img{k:03d}.png", "mask": f"mask/img{k:03d}.png",
+                     **({"real": f"real/img{k:03d}.png"} if with_real else {})})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def bare_loop_seconds(engine, folder: Path, n: int, batch: int, res: int) -> float:
+    """The model alone on preloaded tensors: the upper bound any pipeline can reach."""
+    import torch
+
+    from harmony_ops.inputs import load_sample
+    from harmony_ops.regions import prepare
+    from harmony_ops.resolution import ResolutionPolicy
+
+    policy = ResolutionPolicy(mode="512", class_sizes=(res, 2 * res))
+    items = []
+    for k in range(n):
+        s = load_sample((folder / "comp" / f"img{k:03d}.png").read_bytes(), (folder / "mask" / f"img{k:03d}.png").read_bytes())
+        items.append(prepare(s.composite, s.mask, policy))
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    engine.run(items[:batch], list(range(batch)))  # warm-up
+    sync()
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        engine.run(items[i : i + batch], list(range(i, i + batch)))
+    sync()
+    return time.perf_counter() - t
+
+
+def reference_loop_seconds(engine, folder: Path, n: int, batch: int, res: int, out: Path) -> float:
+    """Shaped like the reference inference script: DataLoader, square resize, stage 1 at `res`, the refiner
+    at the output resolution on the squashed image, PNG files. The output resolution is `res` (the script's
+    --output_resolution set to the images' size), so both loops produce the same pixels' worth of work."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from harmony_ops.refiner import make_refiner_input
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, k):
+            comp = Image.open(folder / "comp" / f"img{k:03d}.png").convert("RGB").resize((res, res), Image.BILINEAR)
+            mask = Image.open(folder / "mask" / f"img{k:03d}.png").convert("1").resize((res, res))
+            c = torch.from_numpy(np.asarray(comp, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+            m = (torch.from_numpy(np.asarray(mask, dtype=np.float32))[None] >= 0.5).float()
+            return c, m, k
+
+    loader = torch.utils.data.DataLoader(Files(), batch_size=batch, shuffle=False, num_workers=0)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run():
+        for comp, mask, ks in loader:
+            harm = engine.sampler(comp, mask, seeds=[int(k) for k in ks], num_inference_steps=engine.steps)
+            if engine.refiner is not None:
+                small = lambda x: F.interpolate(x, size=(res, res), mode="bilinear", antialias=True)  # noqa: E731
+                x = make_refiner_input(small(harm * 2 - 1), (small(mask) >= 0.5).float(), small(comp),
+                                       engine.refiner.config.in_channels)
+                with torch.no_grad():
+                    harm = (engine.refiner(x.to(engine.device, engine.refiner.dtype)).sample.float().cpu().clamp(-1, 1) + 1) / 2
+            for img, k in zip(harm, ks):
+                arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+                Image.fromarray(arr).save(out / f"img{int(k):03d}.png")
+
+    return median_time(run, repeats=1, warmup=0)
+
+
+def pipeline_seconds(ckpt: Path, manifest: Path, out: Path, res: int, batch: int, actors: int, device: str,
+                     dtype: str, steps: int) -> tuple[float, dict]:
+    """Wall time of `harmony harmonize` (warm Ray workers, model load included) and its summary."""
+    from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
+    from pipelines.jobs.harmonize.job import run_harmonize
+
+    cpus = os.cpu_count() or 2
+    gpu = device.startswith("cuda")
+    # On CPU the model actors share all but half a CPU, which the decode/encode tasks keep.
+    model_cpus = 1.0 if gpu else max(0.25, (cpus - 0.5) / actors)
+    cfg = HarmonizeJobConfig(
+        manifest=str(manifest), output=str(out), resume=False, block_rows=batch,
+        model=ModelConfig(model=str(ckpt), device=device, dtype=dtype, steps=steps),
+        resolution=ResolutionConfig(mode="512", class_sizes=(res, 2 * res)),
+        pools=PoolsConfig(
+            decode=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=batch, max_workers=max(1, cpus // 2)),
+            model=PoolConfig(num_cpus=model_cpus, num_gpus=1.0 / actors if gpu else 0, batch_size=batch,
+                             min_workers=actors, max_workers=actors),
+            finish=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=batch, max_workers=max(1, cpus // 2)),
+        ),
+    )
+    t = time.perf_counter()
+    result = run_harmonize(cfg, echo=lambda *a, **k: None)
+    return time.perf_counter() - t, result.summary
+
+
+def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[dict]:
+    """Fixed 1024, fixed 512 and auto on a mixed set of foreground sizes (large photos)."""
+    import torch
+
+    from harmony_ops.inputs import load_sample
+    from harmony_ops.regions import prepare
+    from harmony_ops.resolution import ResolutionPolicy
+
+    samples = [load_sample((folder / "comp" / f"img{k:03d}.png").read_bytes(), (folder / "mask" / f"img{k:03d}.png").read_bytes())
+               for k in range(n)]
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    rows = []
+    flop_cache: dict[tuple[int, int], float] = {}
+    for mode in ("1024", "512", "auto"):
+        items = [prepare(s.composite, s.mask, ResolutionPolicy(mode=mode)) for s in samples]
+        total_flops = 0.0
+        for it in items:
+            key = (it.plan.width, it.plan.height)
+            if key not in flop_cache:
+                flop_cache[key] = count_flops(arch, *key, steps)["stage1"]
+            total_flops += flop_cache[key]
+        engine.run(items[:1], [0])
+        sync()
+        t = time.perf_counter()
+        for k, it in enumerate(items):
+            engine.run([it], [k])
+        sync()
+        sec = time.perf_counter() - t
+        rows.append({"mode": mode, "images": n, "images_per_s": n / sec, "stage1_tflop_total": total_flops / 1e12,
+                     "sizes": sorted({it.plan.bucket for it in items}), "crops": sum(it.plan.crop is not None for it in items)})
+        print(f"  adaptive {mode}: {n / sec:.3f} img/s, {total_flops / 1e12:.3f} TFLOP", file=sys.stderr)
+    full = rows[0]["stage1_tflop_total"]
+    for r in rows:
+        r["compute_saved_vs_1024"] = 1 - r["stage1_tflop_total"] / full
+    return rows
+
+
+def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
+              out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
+              sections=("model", "pipeline", "adaptive", "scaling"), argv: list[str] | None = None) -> dict:
+    from harmony_ops.factory import write_checkpoint
+    from harmony_ops.loader import pick_device
+
+    from pipelines.core.adapter import ensure_ray
+
+    dev = pick_device(device)
+    device_name = str(dev)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="harmony-bench-"))
+    ckpt = write_checkpoint(work / "ckpt", arch=arch, seed=0)
+    engine = _engine(ckpt, device_name, dtype, steps)
+    command = "harmony bench " + " ".join(shlex.quote(a) for a in (argv or []))
+    results: dict[str, Any] = {"command": command.strip(), "arch": arch, "steps": steps,
+                               "dtype": str(engine.sampler.dtype).removeprefix("torch."), "machine": machine(dev),
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"harmony bench: {arch} on {device_name} ({results['dtype']}); writing {outdir}", file=sys.stderr)
+
+    if "model" in sections:
+        results["model"] = bench_model(engine, arch, resolutions, batch_sizes, repeats, steps)
+
+    res, batch = resolutions[0], max(batch_sizes)
+    if "pipeline" in sections or "scaling" in sections:
+        data = work / "pipeline-data"
+        manifest = make_images(data, images, res)
+        ensure_ray()
+        # Warm Ray's workers (imports) so the timed run measures the job, not process start-up.
+        pipeline_seconds(ckpt, make_images(work / "warm", 2, res), work / "warm-out", res, batch, 1, device_name, dtype, steps)
+    if "pipeline" in sections:
+        bare = bare_loop_seconds(engine, data, images, batch, res)
+        ref = reference_loop_seconds(engine, data, images, batch, res, work / "ref-out")
+        pipe, summary = pipeline_seconds(ckpt, manifest, work / "pipe-out", res, batch, 1, device_name, dtype, steps)
+        # The job's fixed cost (actor start-up and model load, planning, consolidation) is paid once per
+        # run: a run of half the images isolates it, and the difference is the streaming throughput.
+        half_manifest = make_images(work / "pipeline-half", images // 2, res)
+        half, _ = pipeline_seconds(ckpt, half_manifest, work / "pipe-half", res, batch, 1, device_name, dtype, steps)
+        marginal = (images - images // 2) / max(pipe - half, 1e-9)
+        results["pipeline"] = {
+            "images": images, "resolution": res, "batch_size": batch,
+            "bare_loop_images_per_s": images / bare, "reference_loop_images_per_s": images / ref,
+            "pipeline_images_per_s": images / pipe, "efficiency_vs_bare": bare / pipe, "speedup_vs_reference": ref / pipe,
+            "pipeline_streaming_images_per_s": marginal, "streaming_efficiency_vs_bare": marginal * bare / images,
+            "pipeline_fixed_seconds": pipe - images / marginal,
+            "pipeline_stage_seconds": summary["throughput"]["mean_seconds_per_stage"],
+            "pipeline_ok": summary["counts"]["ok"],
+        }
+        p = results["pipeline"]
+        print(f"  pipeline {p['pipeline_images_per_s']:.3f} img/s = {p['efficiency_vs_bare']:.0%} of the bare loop "
+              f"({p['bare_loop_images_per_s']:.3f}); streaming {marginal:.3f} img/s = {p['streaming_efficiency_vs_bare']:.0%}; "
+              f"reference-shaped loop {p['reference_loop_images_per_s']:.3f}", file=sys.stderr)
+    if "adaptive" in sections:
+        # One image per foreground bucket and a tiny one: 1536 px photos, where the modes differ most.
+        mixed = make_images(work / "mixed", 4, 1536, fg_ratios=(0.01, 0.03, 0.1, 0.4)).parent
+        results["adaptive"] = bench_adaptive(engine, mixed, 4, arch, steps)
+    if "scaling" in sections:
+        scaling = []
+        for actors in (1, 2):
+            sec, summary = pipeline_seconds(ckpt, manifest, work / f"scale-{actors}", res, batch, actors, device_name, dtype, steps)
+            scaling.append({"model_actors": actors, "images_per_s": images / sec,
+                            "peak_host_mib_per_actor": summary["throughput"].get("model_peak_host_mib"),
+                            "peak_device_mib_per_actor": summary["throughput"].get("model_peak_device_mib")})
+            print(f"  scaling {actors} actor(s): {images / sec:.3f} img/s", file=sys.stderr)
+        results["scaling"] = scaling
+
+    (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    md = to_markdown(results)
+    (outdir / "bench.md").write_text(md)
+    print(md)
+    return results
+
+
+def _f(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def to_markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"### {r['arch']} on {m.get('gpu', m['processor'])} ({m['device']}, {r['dtype']}, {m['cpus']} CPUs)", "",
+             f"Command: `{r['command']}` — {r['date']}, torch {m['versions'].get('torch')}, "
+             f"diffusers {m['versions'].get('diffusers')}, ray {m['versions'].get('ray')}", ""]
+    if "model" in r:
+        peak = r["model"][0].get("peak_tflops") if r["model"] else None
+        lines += [f"Model throughput ({r['steps']} steps; peak {_f(peak)} TFLOP/s: {r['model'][0].get('peak_note', '')})", "",
+                  "| resolution | batch | stage 1 img/s | s/img | GFLOP/img | TFLOP/s | utilisation | refiner img/s | refiner GFLOP/img |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for x in r["model"]:
+            util = x.get("stage1_utilisation")
+            lines.append(f"| {x['resolution']} | {x['batch_size']} | {_f(x['stage1_images_per_s'])} | {_f(x['stage1_s_per_image'])} | "
+                         f"{_f(x['stage1_gflop_per_image'], 1)} | {_f(x['stage1_tflops'])} | {'-' if util is None else f'{util:.1%}'} | "
+                         f"{_f(x.get('refiner_images_per_s'))} | {_f(x.get('refiner_gflop_per_image'), 1)} |")
+        lines.append("")
+    if "pipeline" in r:
+        p = r["pipeline"]
+        lines += [f"Pipeline efficiency ({p['images']} images at {p['resolution']} px, batch {p['batch_size']})", "",
+                  "| bare model loop img/s | `harmony harmonize` img/s (wall) | efficiency (wall) | streaming img/s | "
+                  "efficiency (streaming) | fixed cost s | reference-shaped loop img/s | speed-up vs reference (wall) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {_f(p['bare_loop_images_per_s'])} | {_f(p['pipeline_images_per_s'])} | {p['efficiency_vs_bare']:.0%} | "
+                  f"{_f(p.get('pipeline_streaming_images_per_s'))} | "
+                  f"{'-' if p.get('streaming_efficiency_vs_bare') is None else format(p['streaming_efficiency_vs_bare'], '.0%')} | "
+                  f"{_f(p.get('pipeline_fixed_seconds'), 1)} | {_f(p['reference_loop_images_per_s'])} | {p['speedup_vs_reference']:.2f}x |", ""]
+    if "adaptive" in r:
+        lines += ["Adaptive resolution (mixed foreground sizes, 1536 px photos)", "",
+                  "| mode | img/s | stage-1 TFLOP | compute saved vs 1024 | crops | inference sizes |", "|---|---|---|---|---|---|"]
+        for x in r["adaptive"]:
+            lines.append(f"| {x['mode']} | {_f(x['images_per_s'])} | {_f(x['stage1_tflop_total'])} | {x['compute_saved_vs_1024']:.0%} | "
+                         f"{x['crops']} | {', '.join(x['sizes'])} |")
+        lines.append("")
+    if "scaling" in r:
+        lines += ["Scaling (pipeline, model actors)", "", "| actors | img/s | peak host MiB/actor | peak device MiB/actor |", "|---|---|---|---|"]
+        for x in r["scaling"]:
+            lines.append(f"| {x['model_actors']} | {_f(x['images_per_s'])} | {_f(x['peak_host_mib_per_actor'], 0)} | "
+                         f"{_f(x['peak_device_mib_per_actor'], 0)} |")
+        lines.append("")
+    return "\n".join(lines)

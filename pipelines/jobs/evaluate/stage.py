@@ -1,0 +1,185 @@
+"""The stage of `harmony evaluate`: fetch composite, mask, ground truth and prediction(s), decode with
+the harmonize job's guards, and score them on the iHarmony4 protocol (CPU tasks)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from harmony_ops.compositing import resize_rgb
+from harmony_ops.imageio import ImageError, apply_orientation, decode_image
+from harmony_ops.inputs import Sample, load_sample
+from harmony_ops.metrics import REFERENCE_RESOLUTION, fg_bucket
+
+from schemas.metrics import COMPARE_METRICS, to_arrow
+
+from pipelines.config import EvaluateJobConfig
+from pipelines.jobs.harmonize.stages import storage_error
+from pipelines.jobs.row_metrics import gt_columns, protocol_columns, row_metrics
+from pipelines.core.stage import Resources, Stage, fail_row, pending, with_columns
+from pipelines.io.storage import read_with_retries
+
+# Columns that only travel to the stage; dropped before the block is journaled.
+TRANSIT = ("compare_prediction",)
+
+
+def protocol_mask(sample: Sample) -> np.ndarray:
+    """The mask as the reference evaluation reads it: 8-bit grey values, oriented like the sample.
+
+    A soft mask keeps its grey values, which the protocol dithers (PIL mode "1") exactly as the
+    reference does, instead of the 0.5 threshold; a binary one is 0/255 either way.
+    """
+    return sample.mask_grey if sample.mask_grey is not None else (sample.mask * 255).astype(np.uint8)
+
+
+def protocol_fg_ratio(grey_mask: np.ndarray, resolution: int = REFERENCE_RESOLUTION) -> float:
+    """Foreground share of the protocol's mask (mode "1", then NEAREST to resolution x resolution): the
+    ratio the reference's foreground buckets are drawn from."""
+    img = Image.fromarray(grey_mask).convert("1")
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.Resampling.NEAREST)
+    return float(np.asarray(img, dtype=np.float32).sum() / (resolution * resolution))
+
+
+def decode_prediction(data: bytes, max_pixels: int, what: str = "prediction") -> tuple[np.ndarray, list[str]]:
+    """A prediction as uint8 HxWx3 at its own size (its own EXIF orientation applied); raises ImageError."""
+    img, orientation, notes = decode_image(data, what, max_pixels)
+    img = apply_orientation(img, orientation)
+    return np.asarray(img, dtype=np.uint8), [f"{what}_{n}" for n in notes]
+
+
+def score_prediction(sample: Sample, pred: np.ndarray, grey: np.ndarray, use_gt_bg: bool, notes: list[str]) -> dict:
+    """Metric columns of one prediction.
+
+    A prediction of another size than the ground truth (e.g. the reference script's 256 px
+    outputs) is scored as the reference does: the 256 px protocol resizes it; full-resolution
+    metrics are then undefined (NaN) and the no-reference ones use it resized to full size.
+    """
+    h, w = sample.mask.shape
+    if pred.shape[:2] == (h, w):
+        return row_metrics(sample, pred, eval_mask=grey, use_gt_bg=use_gt_bg)
+    notes.append(f"prediction_resized_from_{pred.shape[1]}x{pred.shape[0]}")
+    values = row_metrics(sample, resize_rgb(pred, (w, h)), eval_mask=grey, use_gt_bg=use_gt_bg)
+    values.update(protocol_columns(pred, sample.real, grey, use_gt_bg=use_gt_bg))
+    values.update(mse_full=math.nan, psnr_full=math.nan)
+    return values
+
+
+def _is_uri(v) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+@dataclass
+class EvaluateStage(Stage):
+    """One row: fetch (with retries), decode with guards, score prediction, composite and the compare
+    method's prediction against the ground truth; writes the metrics schema's columns."""
+
+    cfg: EvaluateJobConfig
+    job_columns: dict = field(default_factory=dict)
+    name: str = "evaluate"
+    resources: Resources = Resources()
+
+    def process(self, batch: pd.DataFrame):
+        batch = with_columns(batch, ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish"))
+        if self.cfg.compare:
+            for c in COMPARE_METRICS + ("delta_psnr", "delta_fmse"):
+                batch[c] = np.nan
+        metric_cols: dict = {}
+        for i in batch.index[pending(batch)]:
+            values = self._row(batch, i)
+            if values is not None:
+                metric_cols[i] = values
+        for i, values in metric_cols.items():
+            for k, v in values.items():
+                if k not in batch.columns:
+                    batch[k] = np.nan
+                batch.at[i, k] = v
+        for k, v in self.job_columns.items():
+            batch[k] = v
+        return to_arrow(batch.drop(columns=[c for c in TRANSIT if c in batch.columns]))
+
+    def _row(self, batch: pd.DataFrame, i) -> dict | None:
+        cfg, opts = self.cfg, self.cfg.storage_options
+        t = time.perf_counter()
+        row = batch.loc[i]
+        try:
+            comp = read_with_retries(row["composite"], opts, cfg.retries)
+            mask = read_with_retries(row["mask"], opts, cfg.retries)
+            real = read_with_retries(row["real"], opts, cfg.retries)
+        except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
+            fail_row(batch, i, *storage_error(exc))
+            return None
+        try:
+            pred_bytes = read_with_retries(row["output"], opts, cfg.retries)
+        except FileNotFoundError:
+            fail_row(batch, i, "missing_prediction", f"prediction {row['output']} disappeared after it was listed")
+            return None
+        except Exception as exc:  # noqa: BLE001
+            fail_row(batch, i, "storage_error", f"{type(exc).__name__}: {exc}")
+            return None
+        try:
+            sample = load_sample(comp, mask, real, max_pixels=cfg.max_pixels)
+            pred, pred_notes = decode_prediction(pred_bytes, cfg.max_pixels)
+            grey = protocol_mask(sample)
+        except ImageError as exc:
+            fail_row(batch, i, exc.kind, str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001
+            fail_row(batch, i, "decode_error", f"{type(exc).__name__}: {exc}")
+            return None
+        notes = sample.notes + pred_notes
+        t_metrics = time.perf_counter()
+        try:
+            values = score_prediction(sample, pred, grey, cfg.use_gt_bg, notes)
+            ratio = protocol_fg_ratio(grey)
+            values.update(fg_ratio=ratio, fg_bucket=fg_bucket(ratio))
+            if cfg.compare:
+                values.update(self._compare(row, sample, grey, values, notes))
+        except Exception as exc:  # noqa: BLE001
+            fail_row(batch, i, "metrics_error", f"{type(exc).__name__}: {exc}")
+            return None
+        h, w = sample.mask.shape
+        batch.at[i, "status"] = "ok"
+        batch.at[i, "width"], batch.at[i, "height"] = w, h
+        batch.at[i, "notes"] = ",".join(notes) or None
+        batch.at[i, "seconds_decode"] = t_metrics - t
+        batch.at[i, "seconds_finish"] = time.perf_counter() - t_metrics
+        return values
+
+    def _compare(self, row, sample: Sample, grey: np.ndarray, main: dict, notes: list[str]) -> dict:
+        """The compare method's 256 px metrics and per-image deltas (compare minus main); a missing or
+        unreadable compare prediction leaves them null with a note, never fails the row."""
+        uri = row.get("compare_prediction")
+        if not _is_uri(uri):
+            notes.append("compare_missing_prediction")
+            return {}
+        try:
+            data = read_with_retries(uri, self.cfg.storage_options, self.cfg.retries)
+            other, _ = decode_prediction(data, self.cfg.max_pixels, what="compare")
+        except FileNotFoundError:
+            notes.append("compare_missing_prediction")
+            return {}
+        except ImageError as exc:
+            notes.append(f"compare_{exc.kind}")
+            return {}
+        except Exception:  # noqa: BLE001
+            notes.append("compare_storage_error")
+            return {}
+        if other.shape[:2] == sample.mask.shape:
+            cols = gt_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.cfg.use_gt_bg)
+        else:
+            cols = protocol_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.cfg.use_gt_bg)
+        out = {k: cols[k] for k in COMPARE_METRICS}
+        out["delta_psnr"] = _delta(out["compare_psnr"], main["psnr"])
+        out["delta_fmse"] = _delta(out["compare_fmse"], main["fmse"])
+        return out
+
+
+def _delta(a: float, b: float) -> float:
+    d = a - b
+    return d if math.isfinite(d) else math.nan

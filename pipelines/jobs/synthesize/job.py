@@ -1,0 +1,268 @@
+"""`harmony synthesize`: real images (+ masks) -> iHarmony4-style training triples, streamed on Ray Data.
+
+    input manifest (parquet / csv / jsonl; Ray Data reader, only id, real, mask, subset columns)
+      -> donor pool (colour transfer only): Lab statistics of the foregrounds of the first
+         `donor_pool` rows, computed once by a small Ray job and shipped with the stage
+      -> synthesis stage (CPU tasks): per row and sample, draws until one passes the fMSE filter;
+         kept samples written as composite_images/, masks/, real_images/ (atomic writes)
+      -> per-block parameter tables -> _journal/run-*/ (write_parquet, streaming)
+      -> assembly: manifest.parquet (kept rows; only the manifest columns are read), params.parquet
+         (every draw and bad input row, streamed part by part), summary.json; journal removed
+
+The driver never holds the input manifest: it reads the first rows for the donor pool and, at
+the end, the kept rows' manifest columns (the output manifest is one file by design).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs  # noqa: F401 - makes `pa.fs` available
+import pyarrow.parquet as pq
+
+from harmony_ops.perturb import DonorPool, normalise_weights
+
+from schemas.synthesis import MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
+
+from pipelines.config import JobError, SynthesizeJobConfig
+from pipelines.jobs.harmonize.stages import resources_of
+from pipelines.io.manifest import ManifestError, manifest_format
+from pipelines.core.adapter import apply_stages, ensure_ray
+from pipelines.io.storage import arrow_filesystem, filesystem, join, protocol_of, redact, write_bytes_atomic
+from pipelines.jobs.synthesize.stages import COMPOSITES, MASKS, REALS, DonorStatsStage, SynthesizeStage, donor_pool_from
+from pipelines.io.tables import JOURNAL, SUMMARY_FILE, remove_tree, write_table_atomic
+
+MANIFEST_FILE = "manifest.parquet"
+PARAMS_FILE = "params.parquet"
+INPUT_COLUMNS = ("id", "real", "mask", "subset")
+
+
+@dataclass
+class SynthesisResult:
+    summary: dict
+    exit_code: int
+
+
+def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
+    """The input manifest as a lazy Ray dataset of its id, real, mask (and subset) columns, and the
+    manifest's columns (checked here; pass them back to skip reading the schema again)."""
+    import ray
+
+    try:
+        fmt = manifest_format(cfg.manifest)
+    except ManifestError as exc:
+        raise JobError(str(exc)) from exc
+    try:
+        fs, path = arrow_filesystem(cfg.manifest, cfg.storage_options)
+        if fmt == "parquet":
+            ds = ray.data.read_parquet(path, filesystem=fs, file_extensions=None)
+        elif fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            # Ids like 0001 stay strings; empty cells are empty strings (read as "not given").
+            types = {c: pa.string() for c in INPUT_COLUMNS}
+            ds = ray.data.read_csv(path, filesystem=fs, file_extensions=None,
+                                   convert_options=pacsv.ConvertOptions(column_types=types))
+        else:
+            ds = ray.data.read_json(path, filesystem=fs, file_extensions=None)
+        columns = columns or ds.columns()
+    except Exception as exc:  # noqa: BLE001 - readers raise many types; the job cannot run either way
+        if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower() or "no such file" in str(exc).lower():
+            raise JobError(f"manifest {cfg.manifest} does not exist") from None
+        raise JobError(f"manifest {cfg.manifest} cannot be read: {type(exc).__name__}: {exc}") from exc
+    need = ["id", "real"] + (["mask"] if cfg.mask_source == "given" else [])
+    missing = [c for c in need if c not in columns]
+    if missing:
+        hint = " (or pass --mask-source ellipse|box|blob)" if missing == ["mask"] else ""
+        raise JobError(f"manifest {cfg.manifest} lacks column(s) {missing}{hint}; it has {columns}")
+    ds = ds.select_columns([c for c in INPUT_COLUMNS if c in columns])
+    if cfg.limit:
+        # "The first N rows" must be the same rows in every pass: keep the file order.
+        ds.context.execution_options.preserve_order = True
+        ds = ds.limit(cfg.limit)
+    return ds, columns
+
+
+def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool | None:
+    """Lab statistics of the foregrounds of the readable rows among the first `donor_pool` (manifest order),
+    or None when colour transfer is not drawn. Fixed for the whole job: a sample's donor then depends
+    only on its own random draws."""
+    if normalise_weights(cfg.kinds)["colour_transfer"] == 0:
+        return None
+    ds, _ = read_input(cfg, columns)  # a dataset of its own, so ordering it does not slow the main pass
+    ds.context.execution_options.preserve_order = True
+    stage = DonorStatsStage(cfg=cfg, resources=resources_of(cfg.pool))
+    rows = apply_stages(ds.limit(cfg.donor_pool), [stage]).take_all()
+    return donor_pool_from(rows)
+
+
+def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> SynthesisResult:
+    t0 = time.perf_counter()
+    try:
+        manifest_format(cfg.manifest)  # before starting Ray: a name that cannot be a manifest
+    except ManifestError as exc:
+        raise JobError(str(exc)) from exc
+    ensure_ray(cfg.ray_address, cfg.num_cpus)
+    ds, columns = read_input(cfg)
+    weights = normalise_weights(cfg.kinds)
+    echo(
+        f"harmony synthesize: {cfg.manifest} -> {cfg.output}; masks {cfg.mask_source}"
+        + (f" (fg ratio {cfg.fg_ratio[0]:g}-{cfg.fg_ratio[1]:g})" if cfg.mask_source != "given" else "")
+        + f", {cfg.per_image} per image, kinds "
+        + ", ".join(f"{k} {w:.2f}" for k, w in weights.items() if w > 0)
+        + f", strength {cfg.strength[0]:g}-{cfg.strength[1]:g}, fMSE {cfg.fmse_range[0]:g}-{cfg.fmse_range[1]:g}, "
+        f"up to {cfg.max_draws} draws per sample, seed {cfg.seed}" + (f", first {cfg.limit} rows" if cfg.limit else "")
+    )
+    donors = build_donor_pool(cfg, columns)
+    if donors is not None:
+        echo(f"donor pool: {len(donors)} foregrounds from the first {cfg.donor_pool} rows")
+        if len(donors) < 2:
+            echo("warning: fewer than 2 donors; colour-transfer draws without a donor are rejected (no_donor)")
+
+    run_journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    stage = SynthesizeStage(cfg=cfg, donors=donors, resources=resources_of(cfg.pool))
+    fs, path = arrow_filesystem(run_journal, cfg.storage_options)
+    # Each finished block's rows go to storage as the job streams; writes are small.
+    apply_stages(ds, [stage]).write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0.1})
+
+    counts = assemble(cfg, run_journal)
+    wall = time.perf_counter() - t0
+    config = cfg.model_dump(mode="json")
+    config["storage_options"] = redact(cfg.storage_options)
+    summary = {
+        "counts": counts,
+        "donors": None if donors is None else {"count": len(donors), "pool": cfg.donor_pool},
+        "seconds": wall,
+        "config": config,
+        "files": {"manifest": MANIFEST_FILE, "params": PARAMS_FILE, "composites": COMPOSITES, "masks": MASKS, "reals": REALS},
+    }
+    write_bytes_atomic(join(cfg.output, SUMMARY_FILE), json.dumps(summary, indent=2).encode(), cfg.storage_options)
+    remove_tree(join(cfg.output, JOURNAL), cfg.storage_options)
+
+    c = counts
+    echo(
+        f"kept {c['kept']} samples ({', '.join(f'{k} {n}' for k, n in c['kept_by_kind'].items()) or 'none'}), "
+        f"rejected {c['rejected']} draws ({c['unfilled_samples']} sample(s) without a kept draw); "
+        f"{c['inputs']} input rows: failed {c['failed']}, invalid {c['invalid']}"
+        + (f"; {c['write_failed']} kept draws not written (storage errors)" if c["write_failed"] else "")
+        + f"; {wall:.1f}s"
+    )
+    echo(
+        f"dataset: {join(cfg.output, COMPOSITES)}/, {join(cfg.output, MASKS)}/, {join(cfg.output, REALS)}/\n"
+        f"manifest: {join(cfg.output, MANIFEST_FILE)}\nparameters: {join(cfg.output, PARAMS_FILE)}\n"
+        f"summary: {join(cfg.output, SUMMARY_FILE)}"
+    )
+    return SynthesisResult(summary=summary, exit_code=0)
+
+
+def _parts(uri: str, options: dict) -> tuple[pa.fs.FileSystem, list[str]]:
+    fs, path = arrow_filesystem(uri, options)
+    info = fs.get_file_info(path)
+    if info.type != pa.fs.FileType.Directory:
+        return fs, []
+    files = sorted(f.path for f in fs.get_file_info(pa.fs.FileSelector(path, recursive=True))
+                   if f.type == pa.fs.FileType.File and f.path.endswith(".parquet"))
+    return fs, files
+
+
+def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
+    """manifest.parquet and params.parquet from the journal's parquet parts; returns the counts.
+
+    Input rows whose sanitised names collide (the same id twice, or ids equal once `_` becomes `-`)
+    would have written to the same files: all of them are marked invalid (`duplicate_name`), their
+    files are removed and they are left out of the manifest.
+    """
+    opts = cfg.storage_options
+    fs, files = _parts(journal, opts)
+    if not files:  # an empty input manifest
+        write_table_atomic(MANIFEST_SCHEMA.empty_table(), join(cfg.output, MANIFEST_FILE), opts)
+        _write_parquet_stream([], join(cfg.output, PARAMS_FILE), opts)
+        return {"inputs": 0, "kept": 0, "rejected": 0, "failed": 0, "invalid": 0, "write_failed": 0, "unfilled_samples": 0,
+                "manifest_rows": 0, "kept_by_kind": {}, "reasons": {}}
+    dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=SCHEMA)
+    heads = dataset.to_table(columns=["name"], filter=pc.field("first_of_input") & pc.field("name").is_valid())
+    duplicates = {str(v["values"]) for v in pc.value_counts(heads["name"]).to_pylist() if v["counts"] > 1}
+
+    kept = dataset.to_table(columns=list(MANIFEST_COLUMNS) + ["name"], filter=pc.field("kept"))
+    if duplicates:
+        clash = pc.is_in(kept["name"], value_set=pa.array(sorted(duplicates), pa.string()))
+        _remove_files(cfg, kept.filter(clash))
+        kept = kept.filter(pc.invert(clash))
+    manifest = kept.select(list(MANIFEST_COLUMNS)).sort_by("id")
+    write_table_atomic(manifest, join(cfg.output, MANIFEST_FILE), opts)
+
+    counts: Counter = Counter()
+    by_kind: Counter = Counter()
+    reasons: Counter = Counter()
+
+    def tables():
+        for f in files:
+            part = pq.read_table(f, filesystem=fs, schema=SCHEMA).to_pandas()
+            if duplicates:
+                clash = part["name"].isin(duplicates)
+                part.loc[clash, ["status", "reason"]] = ["invalid", "duplicate_name"]
+                part.loc[clash, "kept"] = False
+                part.loc[clash, "message"] = [f"sanitised name {n!r} is shared with another input row (same id, or "
+                                              f"ids equal once '_' becomes '-'); its files were removed" for n in part.loc[clash, "name"]]
+                part.loc[clash, ["composite", "mask", "real", "subset"]] = None
+            part = part.sort_values(["source_id", "sample", "draw"], na_position="first", kind="stable")
+            status, first, drawn = part["status"], part["first_of_input"], part["sample"].notna()
+            counts["inputs"] += int(first.sum())
+            counts["kept"] += int((status == "kept").sum())
+            counts["rejected"] += int((status == "rejected").sum())
+            counts["failed"] += int(((status == "failed") & ~drawn).sum())  # input rows that could not be used
+            counts["write_failed"] += int(((status == "failed") & drawn).sum())  # kept draws whose files failed
+            counts["invalid"] += int((first & (status == "invalid")).sum())
+            counts["unfilled_samples"] += int(((status == "rejected") & (part["draw"] == cfg.max_draws - 1)).sum())
+            for kind, n in part.loc[part["kept"], "kind"].value_counts().items():
+                by_kind[kind] += int(n)
+            for reason, n in part.loc[~part["kept"], "reason"].value_counts().items():
+                reasons[reason] += int(n)
+            yield to_arrow(part)
+
+    _write_parquet_stream(tables(), join(cfg.output, PARAMS_FILE), opts)
+    return {
+        "inputs": counts["inputs"],
+        "kept": counts["kept"],
+        "rejected": counts["rejected"],
+        "failed": counts["failed"],
+        "invalid": counts["invalid"],
+        "write_failed": counts["write_failed"],
+        "unfilled_samples": counts["unfilled_samples"],
+        "manifest_rows": manifest.num_rows,
+        "kept_by_kind": dict(sorted(by_kind.items())),
+        "reasons": dict(sorted(reasons.items())),
+    }
+
+
+def _remove_files(cfg: SynthesizeJobConfig, rows: pa.Table) -> None:
+    paths = sorted({p for c in ("composite", "mask", "real") for p in rows[c].to_pylist() if p})
+    for rel in paths:
+        fs, path = filesystem(join(cfg.output, rel), cfg.storage_options)
+        try:
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
+
+
+def _write_parquet_stream(tables, uri: str, options: dict) -> None:
+    """One parquet file from a stream of tables, never holding more than one: a temporary file renamed
+    into place on file systems; on object stores a (multipart) upload, visible only once complete."""
+    fs, path = arrow_filesystem(uri, options)
+    local = protocol_of(uri) == "file"
+    target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
+    if local:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with fs.open_output_stream(target) as out, pq.ParquetWriter(out, SCHEMA) as writer:
+        for t in tables:
+            writer.write_table(t)
+    if local:
+        os.replace(target, path)

@@ -1,0 +1,62 @@
+"""`harmony validate`: check a manifest and that every object it names exists. Writes nothing."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pipelines.io.manifest import prepare_rows, read_manifest
+from pipelines.io.storage import filesystem
+
+SHOW = 20
+
+
+@dataclass
+class ValidationReport:
+    manifest: str
+    rows: int
+    invalid: list[tuple[int, str, str]] = field(default_factory=list)  # (row, id, reason)
+    missing: list[tuple[int, str, str]] = field(default_factory=list)  # (row, id, uri)
+    checked_objects: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid and not self.missing
+
+    def text(self) -> str:
+        lines = [f"manifest {self.manifest}: {self.rows} rows, {len(self.invalid)} invalid, "
+                 f"{len(self.missing)} missing objects ({self.checked_objects} objects checked)"]
+        for row, rid, why in self.invalid[:SHOW]:
+            lines.append(f"  invalid row {row} (id {rid!r}): {why}")
+        for row, rid, uri in self.missing[:SHOW]:
+            lines.append(f"  missing object for row {row} (id {rid!r}): {uri}")
+        hidden = max(0, len(self.invalid) - SHOW) + max(0, len(self.missing) - SHOW)
+        if hidden:
+            lines.append(f"  ... and {hidden} more")
+        lines.append("OK" if self.ok else "PROBLEMS FOUND")
+        return "\n".join(lines)
+
+
+def run_validate(manifest: str, storage_options: dict | None = None, check_objects: bool = True, workers: int = 16) -> ValidationReport:
+    df = read_manifest(manifest, storage_options)
+    rows = prepare_rows(df, manifest, "unused://", "png", 0)
+    report = ValidationReport(manifest=manifest, rows=len(rows))
+    for _, r in rows[rows["status"] == "invalid"].iterrows():
+        report.invalid.append((int(r["row"]), str(r["id"]), str(r["error_message"])))
+    if not check_objects:
+        return report
+    checks = []
+    for _, r in rows[rows["status"] != "invalid"].iterrows():
+        for col in ("composite", "mask", "real"):
+            if isinstance(r.get(col), str) and r[col]:
+                checks.append((int(r["row"]), str(r["id"]), r[col]))
+
+    def exists(uri: str) -> bool:
+        fs, path = filesystem(uri, storage_options)
+        return fs.exists(path)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(lambda c: exists(c[2]), checks))
+    report.checked_objects = len(checks)
+    report.missing = [c for c, ok in zip(checks, found) if not ok]
+    return report

@@ -1,0 +1,43 @@
+"""Benchmark building blocks (the figures themselves come from `harmony bench`, never from tests)."""
+
+import pytest
+
+from pipelines.jobs.bench.bench import count_flops, median_time, to_markdown
+
+
+def test_flops_are_counted_per_part_and_scale_with_pixels():
+    a = count_flops("tiny", 256, 256, steps=5)
+    b = count_flops("tiny", 512, 512, steps=5)
+    assert all(v > 0 for v in a.values())
+    assert a["stage1"] == pytest.approx(a["vae_encode"] + 5 * a["unet_step"] + a["vae_decode"])
+    assert 3.9 < b["vae_decode"] / a["vae_decode"] < 5.0  # convolutions linear in pixels, plus mid-block attention
+    assert b["unet_step"] / a["unet_step"] > 3.5  # attention grows faster than linear
+
+
+def test_sd15_inpaint_unet_costs_what_the_published_architecture_costs():
+    f = count_flops("sd15-inpaint", 512, 512, steps=5)
+    assert 0.75e12 < f["unet_step"] < 0.85e12  # ~0.8 TFLOP per UNet step at 512 px
+
+
+def test_median_time_runs_warmup_then_repeats():
+    calls = []
+    median_time(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5
+
+
+def test_markdown_has_every_section():
+    r = {"arch": "tiny", "steps": 5, "dtype": "float32", "command": "harmony bench", "date": "d",
+         "machine": {"processor": "x86_64", "device": "cpu", "cpus": 2, "versions": {"torch": "2"}},
+         "model": [{"resolution": 512, "batch_size": 1, "stage1_images_per_s": 1.0, "stage1_s_per_image": 1.0,
+                    "stage1_gflop_per_image": 27.0, "stage1_tflops": 0.03, "stage1_utilisation": 0.5,
+                    "peak_tflops": 0.06, "peak_note": "measured"}],
+         "pipeline": {"images": 8, "resolution": 512, "batch_size": 2, "bare_loop_images_per_s": 1.0, "pipeline_streaming_images_per_s": 0.95, "streaming_efficiency_vs_bare": 0.95, "pipeline_fixed_seconds": 2.0,
+                      "pipeline_images_per_s": 0.9, "efficiency_vs_bare": 0.9, "reference_loop_images_per_s": 0.5,
+                      "speedup_vs_reference": 1.8},
+         "adaptive": [{"mode": m, "images_per_s": 1.0, "stage1_tflop_total": 1.0, "compute_saved_vs_1024": 0.0,
+                       "crops": 0, "sizes": ["512x512"]} for m in ("1024", "512", "auto")],
+         "scaling": [{"model_actors": 1, "images_per_s": 1.0, "peak_host_mib_per_actor": 900.0,
+                      "peak_device_mib_per_actor": None}]}
+    md = to_markdown(r)
+    for needle in ("Model throughput", "Pipeline efficiency", "90%", "Adaptive resolution", "Scaling", "50.0%"):
+        assert needle in md

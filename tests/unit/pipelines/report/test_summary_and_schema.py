@@ -1,0 +1,96 @@
+"""The metrics table schema, the summary's aggregation, and the job's configuration key."""
+
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+import pytest
+
+from pipelines.cli import _harmonize_flags, build_parser
+from pipelines.config import HarmonizeJobConfig, build
+from pipelines.jobs.harmonize.job import config_key
+from pipelines.report.summary import aggregate, build_summary
+from schemas.metrics import COLUMNS, conform, to_arrow
+
+
+def rows():
+    return pd.DataFrame([
+        dict(id="a", row=0, status="ok", composite="c", mask="m", engine="baseline", model="x", config_key="k",
+             resolution_mode="auto", scheduler="none", output="o/a.png", width=10, height=8, fg_ratio=0.02,
+             fg_bucket="0-5%", subset="S1", psnr=30.0, composite_psnr=25.0, fmse=100.0, composite_fmse=400.0),
+        dict(id="b", row=1, status="skipped", composite="c", mask="m", engine="baseline", model="x", config_key="k",
+             resolution_mode="auto", scheduler="none", output="o/b.png", width=10, height=8, fg_ratio=0.3,
+             fg_bucket="15-100%", subset="S2", psnr=40.0, composite_psnr=35.0, fmse=50.0, composite_fmse=90.0),
+        dict(id="c", row=2, status="failed", composite="c", mask="m", engine="baseline", model="x", config_key="k",
+             resolution_mode="auto", scheduler="none", error_type="corrupt", error_message="bad", subset="S1"),
+        dict(id="../d", row=3, status="invalid", composite="c", mask="m", engine="baseline", model="x",
+             config_key="k", resolution_mode="auto", scheduler="none", error_type="invalid_row", error_message="id"),
+    ])
+
+
+def test_conform_types_every_column_and_keeps_extras():
+    df = rows().assign(extra=[1, 2, 3, 4])
+    out = conform(df)
+    assert list(out.columns[: len(COLUMNS)]) == list(COLUMNS) and "extra" in out.columns
+    t = to_arrow(df)
+    assert str(t.schema.field("width").type) == "int64" and str(t.schema.field("error_type").type) == "string"
+    assert str(t.schema.field("psnr").type) == "double"
+
+
+@pytest.mark.parametrize("change", [
+    {"status": "done"},                       # not a status
+    {"row": 0},                               # rows are unique
+    {"output": None},                         # ok rows have an output
+])
+def test_schema_rejects_broken_tables(change):
+    df = rows()
+    for k, v in change.items():
+        df.loc[1, k] = v
+    with pytest.raises(pa.errors.SchemaErrors):
+        conform(df)
+
+
+def test_failed_rows_need_a_reason():
+    df = rows()
+    df.loc[2, "error_message"] = None
+    with pytest.raises(pa.errors.SchemaErrors):
+        conform(df)
+
+
+def test_aggregate_in_the_papers_layout():
+    agg = aggregate(conform(rows()))
+    assert agg["all"]["count"] == 2 and agg["all"]["psnr"] == pytest.approx(35.0)
+    assert agg["by_subset"]["S1"]["psnr"] == 30.0 and agg["by_subset"]["S2"]["composite_fmse"] == 90.0
+    assert agg["by_fg_bucket"]["0-5%"]["count"] == 1 and agg["by_fg_bucket"]["5-15%"]["count"] == 0
+    assert agg["by_fg_bucket"]["5-15%"]["psnr"] is None
+    assert agg["by_subset_and_fg_bucket"]["S2"]["15-100%"]["psnr"] == 40.0
+
+
+def test_summary_counts_and_secrets():
+    s = build_summary(conform(rows()), 2.0, 1, {"storage_options": {"secret": "***"}})
+    assert s["counts"] == {"ok": 1, "skipped": 1, "failed": 1, "invalid": 1}
+    assert s["errors_by_type"] == {"corrupt": 1, "invalid_row": 1}
+    assert s["throughput"]["images_per_second"] == 0.5 and "torch" in s["versions"]
+
+
+def test_config_key_changes_with_what_changes_pixels():
+    base = HarmonizeJobConfig(manifest="m.csv", output="o")
+    k = config_key(base, "model-a")
+    assert k == config_key(base.model_copy(update={"limit": 3, "retries": 0}), "model-a")
+    assert k != config_key(base, "model-b")
+    assert k != config_key(base.model_copy(update={"seed": 1}), "model-a")
+    assert k != config_key(base.model_copy(update={"image_format": "jpg"}), "model-a")
+
+
+def test_example_config_loads_and_flags_win():
+    example = Path(__file__).parents[4] / "configs" / "harmonize.example.yaml"
+    args = build_parser().parse_args(["harmonize", "--config", str(example), "--steps", "3", "--actors", "2,8",
+                                      "--batch-size", "6", "--gpus-per-actor", "0.5", "--no-resume",
+                                      "--storage-option", "endpoint_url=http://other:9000"])
+    cfg = build(HarmonizeJobConfig, args.config, _harmonize_flags(args))
+    assert cfg.model.steps == 3 and cfg.model.scheduler == "euler_a"  # flag wins, YAML kept
+    assert (cfg.pools.model.min_workers, cfg.pools.model.max_workers) == (2, 8)
+    assert cfg.pools.model.batch_size == 6 and cfg.pools.model.num_gpus == 0.5
+    assert cfg.pools.decode.max_workers == 16 and cfg.resume is False
+    assert cfg.storage_options == {"endpoint_url": "http://other:9000"}
+    assert cfg.max_failed_fraction == 0.05
