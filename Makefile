@@ -23,8 +23,10 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# pytest's exit code 5 means "no test collected": not a failure of the build.
+# Lint first (rules in pyproject.toml), then the suite. pytest's exit code 5 means "no test
+# collected": not a failure of the build.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: $(STAMP)

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from schemas.vocabulary import ErrorKind
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
 ENCODE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -24,7 +25,7 @@ class ImageError(ValueError):
 
 def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
     if not data:
-        raise ImageError("empty_file", f"{what} is an empty file")
+        raise ImageError(ErrorKind.EMPTY_FILE, f"{what} is an empty file")
     with warnings.catch_warnings():
         # PIL only warns between MAX_IMAGE_PIXELS and twice that; make every excess an error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -32,18 +33,18 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError("too_large", f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+                raise ImageError(ErrorKind.TOO_LARGE, f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
             img.load()
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError("too_large", f"{what}: {exc}") from exc
+            raise ImageError(ErrorKind.TOO_LARGE, f"{what}: {exc}") from exc
         except UnidentifiedImageError as exc:
-            raise ImageError("unreadable", f"{what} is not a recognised image") from exc
+            raise ImageError(ErrorKind.UNREADABLE, f"{what} is not a recognised image") from exc
         except MemoryError as exc:  # a crafted header can ask a decoder for huge buffers
-            raise ImageError("too_large", f"{what} needs more memory to decode than is available") from exc
+            raise ImageError(ErrorKind.TOO_LARGE, f"{what} needs more memory to decode than is available") from exc
         except Exception as exc:  # noqa: BLE001 - malformed files raise OSError, SyntaxError, TypeError, struct.error, ...
-            raise ImageError("corrupt", f"{what} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+            raise ImageError(ErrorKind.CORRUPT, f"{what} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
     return img
 
 
@@ -54,9 +55,9 @@ def _guarded(what: str, fn, *args):
     except ImageError:
         raise
     except MemoryError as exc:
-        raise ImageError("too_large", f"{what} needs more memory to convert than is available") from exc
+        raise ImageError(ErrorKind.TOO_LARGE, f"{what} needs more memory to convert than is available") from exc
     except Exception as exc:  # noqa: BLE001
-        raise ImageError("unreadable", f"{what} has an unsupported pixel format ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(ErrorKind.UNREADABLE, f"{what} has an unsupported pixel format ({type(exc).__name__}: {exc})") from exc
 
 
 def _orientation(img: Image.Image) -> int:

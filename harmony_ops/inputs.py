@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, mask_array, oriented_pair
+from schemas.vocabulary import ErrorKind
 
 
 @dataclass
@@ -36,25 +37,23 @@ def load_sample(
     if how != "none":
         notes.append(f"exif_orientation_{how}")
     if mask_img.size != comp_img.size:
-        raise ImageError(
-            "size_mismatch",
+        raise ImageError(ErrorKind.SIZE_MISMATCH,
             f"mask is {mask_img.size[0]}x{mask_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
         )
     m, non_binary = mask_array(mask_img)
     if non_binary:
         notes.append("mask_binarized")
     if not m.any():
-        raise ImageError("empty_mask", "mask has no foreground pixel (after binarising at 0.5)")
+        raise ImageError(ErrorKind.EMPTY_MASK, "mask has no foreground pixel (after binarising at 0.5)")
     if m.all():
-        raise ImageError("full_mask", "mask covers the whole image: there is no background to harmonize against")
+        raise ImageError(ErrorKind.FULL_MASK, "mask covers the whole image: there is no background to harmonize against")
     gt = None
     if real is not None:
         real_img, real_or, _ = decode_image(real, "real", max_pixels)
         # Ground truth is a photo stored like the composite: its own tag, else the composite's.
         real_img = apply_orientation(real_img, real_or if real_or not in (None, 1) else comp_or)
         if real_img.size != comp_img.size:
-            raise ImageError(
-                "size_mismatch",
+            raise ImageError(ErrorKind.SIZE_MISMATCH,
                 f"ground truth is {real_img.size[0]}x{real_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
             )
         gt = np.asarray(real_img, dtype=np.uint8)

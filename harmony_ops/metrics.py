@@ -31,10 +31,10 @@ from PIL import Image
 
 from harmony_ops.color import delta_e76, rgb_to_lab
 from harmony_ops.compositing import binarize_mask
+from schemas.vocabulary import FG_BUCKETS
 
 REFERENCE_RESOLUTION = 256
 DATA_RANGE = 255.0
-FG_BUCKETS: tuple[str, ...] = ("0-5%", "5-15%", "15-100%")
 _BUCKET_EDGES: tuple[float, ...] = (0.05, 0.15)
 
 _SSIM_SIGMA = 1.5

@@ -3,7 +3,7 @@
 The composite keeps the real image's background bit for bit; the real image is the ground truth a
 harmonizer should recover. Two families:
 
-- `ellipse_mask` + `lab_shift`: the quick test/demo composites (a random Lab shift);
+- `lab_shift`: the quick test/demo composites (a random Lab shift of an elliptical foreground);
 - the iHarmony4 recipes used by `harmony synthesize` (below `KINDS`): colour transfer of another
   image's foreground statistics (HCOCO), retouching with tone curves, exposure, gamma, white balance
   and saturation (HAdobe5k), and day-to-night illumination (Hday2night). Random foreground shapes for
@@ -19,18 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .color import lab_to_rgb, linear_to_srgb, rgb_to_lab, srgb_to_linear
-
-
-def ellipse_mask(height: int, width: int, rng: np.random.Generator, fg_ratio: float) -> np.ndarray:
-    """A random axis-aligned ellipse covering about `fg_ratio` of the image, fully inside it."""
-    area = fg_ratio * height * width
-    aspect = rng.uniform(0.6, 1.6)
-    ry = min(np.sqrt(area / (np.pi * aspect)), height / 2 - 1)
-    rx = min(area / (np.pi * ry), width / 2 - 1)
-    cy = rng.uniform(ry, height - ry)
-    cx = rng.uniform(rx, width - rx)
-    yy, xx = np.mgrid[0:height, 0:width]
-    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0).astype(np.float32)
+from schemas.vocabulary import ErrorKind
 
 
 def lab_shift(real: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> tuple[np.ndarray, dict]:
@@ -318,9 +307,9 @@ def filter_reason(fmse: float, fmse_range: tuple[float, float]) -> str | None:
     """None when the composite is inharmonious enough to keep: lo <= fMSE <= hi; else the reason."""
     lo, hi = fmse_range
     if fmse is None or not math.isfinite(fmse):
-        return "fmse_undefined"
+        return ErrorKind.FMSE_UNDEFINED
     if fmse < lo:
-        return "fmse_below_range"
+        return ErrorKind.FMSE_BELOW_RANGE
     if fmse > hi:
-        return "fmse_above_range"
+        return ErrorKind.FMSE_ABOVE_RANGE
     return None

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from pipelines.config import ConfigError
+from pipelines.errors import ConfigError
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from harmony_ops.checkpoints import CheckpointError
     from harmony_ops.imageio import ImageError
 
-    from pipelines.config import JobError
+    from pipelines.errors import JobError
 
     try:
         return args.func(args)

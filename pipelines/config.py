@@ -15,14 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, SCHEDULER_NAMES
 from harmony_ops.perturb import DEFAULT_KIND_WEIGHTS, normalise_weights
 from harmony_ops.resolution import ResolutionPolicy
-
-
-class ConfigError(ValueError):
-    """Configuration that cannot run; the message names the field."""
-
-
-class JobError(RuntimeError):
-    """The job cannot run (bad manifest, unreachable storage, broken checkpoint)."""
+from pipelines.core.stage import PoolConfig
+from pipelines.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -172,21 +166,6 @@ class ImageJobConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
-
-
-class PoolConfig(Strict):
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per worker; unset: 1 when the cluster has GPUs, else 0")
-    batch_size: int = Field(4, ge=1, description="rows per batch")
-    min_workers: int = Field(1, ge=1, description="smallest pool size")
-    max_workers: int = Field(1, ge=1, description="largest pool size (autoscaling between min and max)")
-    max_tasks_in_flight: int = Field(2, ge=1, description="batches queued per actor (prefetch)")
-
-    @model_validator(mode="after")
-    def _sizes(self) -> "PoolConfig":
-        if self.max_workers < self.min_workers:
-            raise ValueError(f"max_workers ({self.max_workers}) < min_workers ({self.min_workers})")
-        return self
 
 
 def _decode_pool() -> PoolConfig:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-ID_PATTERN = r"^[A-Za-z0-9._-]+\Z"  # \Z, not $: "$" also matches before a trailing newline
+from .vocabulary import ID_MAX_LENGTH, ID_PATTERN
+
 REQUIRED = ("id", "composite", "mask")
 OPTIONAL = ("real", "subset")
 
@@ -16,7 +15,7 @@ OPTIONAL = ("real", "subset")
 class Manifest(pa.DataFrameModel):
     """`id` names the output file, so it must be a safe file name: letters, digits, `.`, `_`, `-`, no `..`."""
 
-    id: Series[str] = pa.Field(str_matches=ID_PATTERN, str_length={"min_value": 1, "max_value": 200})
+    id: Series[str] = pa.Field(str_matches=ID_PATTERN, str_length={"min_value": 1, "max_value": ID_MAX_LENGTH})
     composite: Series[str] = pa.Field(str_length={"min_value": 1})
     mask: Series[str] = pa.Field(str_length={"min_value": 1})
     real: Series[str] | None = pa.Field(nullable=True)
@@ -29,9 +28,6 @@ class Manifest(pa.DataFrameModel):
     class Config:
         coerce = False
         strict = False  # other columns pass through
-
-
-_ID_RE = re.compile(ID_PATTERN)
 
 
 def row_problems(df: pd.DataFrame) -> pd.Series:
@@ -49,7 +45,7 @@ def row_problems(df: pd.DataFrame) -> pd.Series:
     for c in REQUIRED + OPTIONAL:
         if c in work.columns:
             # Non-string cells (numbers, nulls in required columns) are reported, not coerced.
-            bad_type = work[c].map(lambda v: not (isinstance(v, str) or (c in OPTIONAL and _isnull(v))))
+            bad_type = work[c].map(lambda v, optional=c in OPTIONAL: not (isinstance(v, str) or (optional and _isnull(v))))
             for i in work.index[bad_type]:
                 reasons[i] = _join(reasons[i], f"{c}: must be a string" + ("" if c in OPTIONAL else " (required)"))
             work.loc[bad_type, c] = "x" if c not in OPTIONAL else None

@@ -7,8 +7,9 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 from .columns import typed_columns
+from .vocabulary import BAD, DONE, FG_BUCKETS, FINAL_STATUSES
 
-STATUSES = ("ok", "failed", "invalid", "skipped")
+STATUSES = tuple(FINAL_STATUSES)
 
 # Metrics against ground truth (iHarmony4 protocol at 256 px, plus full resolution) for the
 # prediction, and the same for the untouched composite (the do-nothing baseline).
@@ -50,7 +51,7 @@ class Metrics(pa.DataFrameModel):
     error_message: Series[str] = pa.Field(nullable=True)
     real: Series[str] = pa.Field(nullable=True)
     output: Series[str] = pa.Field(nullable=True)
-    fg_bucket: Series[str] = pa.Field(nullable=True, isin=("0-5%", "5-15%", "15-100%"))
+    fg_bucket: Series[str] = pa.Field(nullable=True, isin=FG_BUCKETS)
     crop: Series[str] = pa.Field(nullable=True)
     notes: Series[str] = pa.Field(nullable=True)
     width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
@@ -66,12 +67,12 @@ class Metrics(pa.DataFrameModel):
 
     @pa.dataframe_check(name="ok_rows_have_output_and_size")
     def _ok_rows(cls, df: pd.DataFrame) -> Series[bool]:
-        ok = df["status"].isin(["ok", "skipped"])
+        ok = df["status"].isin(DONE)
         return ~ok | (df["output"].notna() & df["width"].notna() & df["height"].notna())
 
     @pa.dataframe_check(name="failed_rows_have_a_reason")
     def _reasons(cls, df: pd.DataFrame) -> Series[bool]:
-        bad = df["status"].isin(["failed", "invalid"])
+        bad = df["status"].isin(BAD)
         return ~bad | (df["error_type"].notna() & df["error_message"].notna())
 
 

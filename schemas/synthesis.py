@@ -17,8 +17,9 @@ import pyarrow as pa_
 from pandera.typing import Series
 
 from .columns import typed_columns
+from .vocabulary import DrawStatus
 
-STATUSES = ("kept", "rejected", "failed", "invalid")
+STATUSES = tuple(DrawStatus)
 # The output manifest: what `harmony harmonize` and `harmony evaluate` read (paths relative to it).
 MANIFEST_COLUMNS = ("id", "composite", "mask", "real", "subset")
 
@@ -62,7 +63,7 @@ class SynthesisParams(pa.DataFrameModel):
 
     @pa.dataframe_check(name="kept_means_status_kept")
     def _kept(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["kept"] == (df["status"] == "kept")
+        return df["kept"] == (df["status"] == DrawStatus.KEPT)
 
     @pa.dataframe_check(name="kept_rows_have_files")
     def _files(cls, df: pd.DataFrame) -> Series[bool]:

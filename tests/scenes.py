@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from harmony_ops.perturb import ellipse_mask, lab_shift
+from pipelines.jobs.demo.scenes import composite_of
 
 
 def enc(arr: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
@@ -21,6 +21,5 @@ def make_scene(seed: int, h: int = 72, w: int = 96, ratio: float = 0.2):
     yy, xx = np.mgrid[0:h, 0:w]
     real = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 120.0)], -1)
     real = np.clip(real + rng.normal(0, 6, real.shape), 0, 255).astype(np.uint8)
-    mask = ellipse_mask(h, w, rng, ratio)
-    comp, _ = lab_shift(real, mask, rng)
-    return comp, (mask * 255).astype(np.uint8), real
+    comp, mask = composite_of(real, rng, ratio)
+    return comp, mask, real

@@ -1,65 +1,142 @@
-"""The one place where stages become Ray Data operations."""
+"""The one place where stages become Ray Data operators.
+
+Each stage becomes one `map_batches` operator named after the stage (`MapBatches(decode)`,
+`MapBatches(model)`, ...), so Ray's progress bars and dashboard say which step is running. The
+stages' column declarations are checked twice: once when the chain is built (every column a stage
+reads is in the input or written by a stage before it) and on every batch (declared columns are
+there, undeclared ones are refused).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 
-import ray
-from ray.data import ActorPoolStrategy, TaskPoolStrategy
+import pandas as pd
 
 from pipelines.core.stage import Stage
+from pipelines.errors import StageContractError
 
 
-class _StageWorker:
-    """Ray actor body: builds the stage's worker state once, then serves batches."""
+def plan_columns(stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
+                 transit: Iterable[str] = ()) -> list[tuple[str, ...]]:
+    """For each stage, the columns to drop after it: written by some stage (or a `transit` input), read
+    by no later stage, neither kept by the job nor written by the last stage. Raises
+    StageContractError if a stage reads what neither the input nor an earlier stage gives."""
+    available = set(inputs)
+    for stage in stages:
+        missing = [c for c in stage.reads if c not in available]
+        if missing:
+            raise StageContractError(f"stage {stage.name!r} reads {missing}, which neither the input nor an earlier stage writes")
+        available = (available if stage.keeps_rows else set()) | set(stage.writes)
+    # What the last stage writes is the chain's output: always kept.
+    keep, written = set(keep) | set(stages[-1].writes if stages else ()), set(transit)
+    drops = []
+    for k, stage in enumerate(stages):
+        written |= set(stage.writes)
+        later = {c for s in stages[k + 1 :] for c in s.reads}
+        drops.append(tuple(sorted(c for c in written if c not in later and c not in keep)))
+    return drops
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
-        self.stage.setup()
+
+class _Bound:
+    """A stage with its post-stage column handling; what a Ray operator calls for each batch."""
+
+    def __init__(self, stage: Stage, drop: tuple[str, ...], last: bool, finalize: Callable | None):
+        self.stage, self.drop, self.last, self.finalize = stage, drop, last, finalize
+
+    def run(self, batch: pd.DataFrame):
+        out = self.stage.run(batch)
+        drop = [c for c in self.drop if c in out.columns]
+        if self.last:
+            out = out.drop(columns=drop)
+        else:
+            out[drop] = None  # emptied, not removed: every block keeps one schema between stages
+        return self.finalize(out) if self.finalize is not None and self.last else out
+
+
+def bind(stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
+         finalize: Callable | None = None, transit: Iterable[str] = ()) -> list[_Bound]:
+    """The stages, checked as a chain, each ready to run a batch (with or without Ray)."""
+    drops = plan_columns(stages, inputs, keep, transit)
+    n = len(stages)
+    return [_Bound(s, d, k == n - 1, finalize) for k, (s, d) in enumerate(zip(stages, drops))]
+
+
+def run_batch(stages: Sequence[Stage], batch: pd.DataFrame, keep: Iterable[str] = (), finalize: Callable | None = None,
+              transit: Iterable[str] = (), start: int = 0, stop: int | None = None):
+    """Stages `start:stop` of the chain on one batch in this process, exactly as the Ray operators run
+    them (contracts, column drops, `finalize` after the last): for tests and single-process use."""
+    # A batch entering mid-chain already holds what the earlier stages wrote: its columns pass the check.
+    for bound in bind(stages, batch.columns, keep, finalize, transit)[start:stop]:
+        batch = bound.run(batch)
+    return batch
+
+
+class _Worker:
+    """Actor body: sets the stage up once, then serves batches."""
+
+    def __init__(self, bound: _Bound):
+        self.bound = bound
+        bound.stage.setup()
 
     def __call__(self, batch):
-        return self.stage.process(batch)
+        return self.bound.run(batch)
 
 
-_TASK_STAGES: dict[str, Stage] = {}
+_READY: dict[str, _Bound] = {}
 
 
-def _run_stage_task(batch, stage: Stage):
-    """Task body: `setup()` once per worker process (workers are reused across tasks)."""
-    key = f"{stage.name}:{id(type(stage))}:{hash(repr(stage))}"
-    ready = _TASK_STAGES.get(key)
-    if ready is None:
-        stage.setup()
-        _TASK_STAGES.clear()  # one job's stages at a time per worker
-        _TASK_STAGES[key] = ready = stage
-    return ready.process(batch)
+class _Task:
+    """Task body: `setup()` once per worker process (Ray reuses task workers)."""
+
+    def __init__(self, bound: _Bound):
+        self.bound = bound
+
+    def __call__(self, batch):
+        b = self.bound
+        key = f"{b.stage.name}:{id(type(b.stage))}:{hash(repr(b.stage))}"
+        ready = _READY.get(key)
+        if ready is None:
+            b.stage.setup()
+            _READY.clear()  # one job's stages at a time per worker
+            _READY[key] = ready = b
+        return ready.run(batch)
 
 
-def apply_stage(ds: "ray.data.Dataset", stage: Stage) -> "ray.data.Dataset":
-    r = stage.resources
-    common = dict(batch_size=r.batch_size, batch_format="pandas", zero_copy_batch=False, num_cpus=r.num_cpus,
-                  num_gpus=r.num_gpus or None)
-    if not stage.stateful:
-        return ds.map_batches(_run_stage_task, fn_args=(stage,), compute=TaskPoolStrategy(size=r.max_workers), **common)
-    return ds.map_batches(
-        _StageWorker,
-        fn_constructor_args=(stage,),
-        compute=ActorPoolStrategy(
-            min_size=r.min_workers, max_size=r.max_workers, max_tasks_in_flight_per_actor=r.max_tasks_in_flight
-        ),
-        **common,
-    )
+def _named(base: type, name: str) -> type:
+    # Ray Data names an operator after its callable's class: a subclass per stage gives MapBatches(decode).
+    return type(name, (base,), {"__module__": base.__module__})
 
 
-def apply_stages(ds: "ray.data.Dataset", stages: list[Stage]) -> "ray.data.Dataset":
-    for stage in stages:
-        ds = apply_stage(ds, stage)
+def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
+                 finalize: Callable | None = None, transit: Iterable[str] = ()):
+    """The dataset with every stage applied in order, one named operator each; `finalize` (e.g. a
+    schema's `to_arrow`) runs on the last stage's output. `inputs`: the columns of `ds`; `keep`:
+    columns the output keeps; `transit`: input columns only the stages use (dropped at the end)."""
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    for bound in bind(stages, inputs, keep, finalize, transit):
+        stage, p = bound.stage, bound.stage.pool
+        common = dict(batch_size=p.batch_size, batch_format="pandas", zero_copy_batch=False, num_cpus=p.num_cpus,
+                      num_gpus=p.num_gpus or None)
+        if stage.stateful:
+            ds = ds.map_batches(
+                _named(_Worker, stage.name), fn_constructor_args=(bound,),
+                compute=ActorPoolStrategy(min_size=p.min_workers, max_size=p.max_workers,
+                                          max_tasks_in_flight_per_actor=p.max_tasks_in_flight),
+                **common,
+            )
+        else:
+            ds = ds.map_batches(_named(_Task, stage.name)(bound), compute=TaskPoolStrategy(size=p.max_workers), **common)
     return ds
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local instance without the dashboard."""
+    import ray
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

@@ -13,8 +13,9 @@ import io
 import pandas as pd
 
 from pipelines.io.storage import filesystem, join, write_bytes_atomic
+from schemas.vocabulary import IHARMONY4_SUBSETS
 
-SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")
+SUBSETS = IHARMONY4_SUBSETS
 
 
 def names_for(composite_name: str) -> tuple[str, str]:

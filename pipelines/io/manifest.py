@@ -9,21 +9,17 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-import re
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from schemas.manifest import OPTIONAL, row_problems
+from schemas.vocabulary import ID_RULE, ErrorKind, Status, is_safe_name
 
-from pipelines.core.stage import PENDING
+from pipelines.errors import ManifestError
 from pipelines.io.storage import arrow_filesystem, filesystem, join
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-
-
-class ManifestError(ValueError):
-    """The manifest as a whole cannot be read."""
 
 
 def manifest_format(uri: str) -> str:
@@ -58,14 +54,6 @@ def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
-
-
-def is_safe_name(name: str) -> bool:
-    """One path segment that cannot climb out of its folder on any file system or object store."""
-    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
-
-
 def manifest_dir(uri: str) -> str:
     return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
@@ -90,7 +78,7 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
     # (A `$`-anchored pattern alone lets a trailing newline through.)
     unsafe = df["id"].map(lambda v: isinstance(v, str) and not is_safe_name(v))
     for i in df.index[unsafe & (reasons == "")]:
-        reasons[i] = "id: must be one file name of [A-Za-z0-9._-], at most 200 characters, without '..'"
+        reasons[i] = ID_RULE
     out = df.copy()
     out.insert(0, "row", range(len(out)))
     base = manifest_dir(manifest_uri)
@@ -101,22 +89,34 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
             out[c] = None
     if "subset" not in out.columns:
         out["subset"] = None
-    out["status"] = PENDING
+    out["status"] = Status.PENDING
     out["error_type"] = None
     out["error_message"] = None
     bad = reasons != ""
-    out.loc[bad, "status"] = "invalid"
-    out.loc[bad, "error_type"] = "invalid_row"
+    out.loc[bad, "status"] = Status.INVALID
+    out.loc[bad, "error_type"] = ErrorKind.INVALID_ROW
     out.loc[bad, "error_message"] = reasons[bad]
     ids = out["id"].where(~bad)
     dup = ids.notna() & ids.duplicated(keep="first")
-    out.loc[dup, "status"] = "invalid"
-    out.loc[dup, "error_type"] = "duplicate_id"
+    out.loc[dup, "status"] = Status.INVALID
+    out.loc[dup, "error_type"] = ErrorKind.DUPLICATE_ID
     out.loc[dup, "error_message"] = [f"id {i!r} appears earlier in the manifest" for i in out.loc[dup, "id"]]
-    ok = out["status"] == PENDING
+    ok = out["status"] == Status.PENDING
     out["output"] = None
     out.loc[ok, "output"] = [join(output, "images", f"{i}.{image_format}") for i in out.loc[ok, "id"]]
     out["seed"] = [row_seed(seed, str(i)) if k else None for i, k in zip(out["id"], ok)]
     # Keep the table Arrow-friendly: ids as strings even where the manifest had other types.
     out["id"] = out["id"].map(lambda v: v if isinstance(v, str) else ("" if v is None else str(v)))
     return out
+
+
+def load_rows(cfg, image_format: str, seed: int, need: dict[str, str] | None = None) -> pd.DataFrame:
+    """The job's row table from `cfg.manifest` (first `cfg.limit` rows): read, validated, resolved.
+    `need`: optional columns this job cannot run without, each with the reason it is needed."""
+    manifest = read_manifest(cfg.manifest, cfg.storage_options)
+    for column, why in (need or {}).items():
+        if column not in manifest.columns:
+            raise ManifestError(f"manifest {cfg.manifest} has no `{column}` column: {why}")
+    if cfg.limit:
+        manifest = manifest.head(cfg.limit)
+    return prepare_rows(manifest, cfg.manifest, cfg.output, image_format, seed)

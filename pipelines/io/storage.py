@@ -31,6 +31,11 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def is_uri(v) -> bool:
+    """A manifest cell that names an object: a non-empty string (cells of blanks count as empty)."""
+    return isinstance(v, str) and bool(v.strip())
+
+
 def protocol_of(uri: str) -> str:
     return fsspec.core.split_protocol(uri)[0] or "file"
 

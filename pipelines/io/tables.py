@@ -1,37 +1,47 @@
-"""Parquet tables under an output prefix: the journal of a streaming job and the consolidated metrics.
+"""Parquet tables under an output prefix: the journal of a streaming job, consolidated tables, and
+one-file tables written from a stream of parts.
 
-Shared by every job that writes `metrics/metrics.parquet` (harmonize, evaluate) and by the
-report, which reads it back. Local paths and object stores alike, through `pipelines.io.storage`.
+Local paths and object stores alike, through `pipelines.io.storage`.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import uuid
+from collections.abc import Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs  # noqa: F401 - makes `pa.fs` available
 import pyarrow.parquet as pq
 
-from pipelines.io.storage import arrow_filesystem, filesystem, write_bytes_atomic
+from pipelines.io.storage import arrow_filesystem, filesystem, protocol_of, write_bytes_atomic
 
 JOURNAL = "_journal"
 METRICS_FILE = "metrics/metrics.parquet"
 SUMMARY_FILE = "summary.json"
 
 
+def parquet_files(uri: str, options: dict) -> tuple[pa.fs.FileSystem, list[str]]:
+    """(arrow filesystem, sorted parquet files): the file itself, every parquet file under a folder, or none."""
+    fs, path = arrow_filesystem(uri, options)
+    info = fs.get_file_info(path)
+    if info.type == pa.fs.FileType.NotFound:
+        return fs, []
+    if info.type != pa.fs.FileType.Directory:
+        return fs, [path]
+    return fs, sorted(f.path for f in fs.get_file_info(pa.fs.FileSelector(path, recursive=True))
+                      if f.type == pa.fs.FileType.File and f.path.endswith(".parquet"))
+
+
 def read_parquet_tree(uri: str, options: dict) -> pd.DataFrame:
     """One parquet file, or every parquet file under a folder (sorted, schemas promoted); empty if absent."""
-    fs, path = arrow_filesystem(uri, options)
     try:
-        info = fs.get_file_info(path)
-        if info.type == pa.fs.FileType.NotFound:
-            return pd.DataFrame()
-        files = [f.path for f in fs.get_file_info(pa.fs.FileSelector(path, recursive=True))
-                 if f.type == pa.fs.FileType.File and f.path.endswith(".parquet")] if info.type == pa.fs.FileType.Directory else [path]
+        fs, files = parquet_files(uri, options)
         if not files:
             return pd.DataFrame()
-        tables = [pq.read_table(f, filesystem=fs) for f in sorted(files)]
+        tables = [pq.read_table(f, filesystem=fs) for f in files]
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except FileNotFoundError:
         return pd.DataFrame()
@@ -43,12 +53,28 @@ def write_table_atomic(table: pa.Table, uri: str, options: dict) -> None:
     write_bytes_atomic(uri, buf.getvalue(), options)
 
 
-def journal_dataset(ds, uri: str, options: dict) -> pd.DataFrame:
-    """Stream a Ray dataset's blocks to parquet files under `uri` as they finish, then read them back."""
+def write_parquet_stream(tables: Iterable[pa.Table], uri: str, schema: pa.Schema, options: dict) -> None:
+    """One parquet file from a stream of tables, never holding more than one: a temporary file renamed
+    into place on file systems; on object stores a (multipart) upload, visible only once complete."""
+    fs, path = arrow_filesystem(uri, options)
+    local = protocol_of(uri) == "file"
+    target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
+    if local:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with fs.open_output_stream(target) as out, pq.ParquetWriter(out, schema) as writer:
+        for t in tables:
+            writer.write_table(t)
+    if local:
+        os.replace(target, path)
+
+
+def journal_dataset(ds, uri: str, options: dict, read_back: bool = True) -> pd.DataFrame:
+    """Stream a Ray dataset's blocks to parquet files under `uri` as they finish; then read them back
+    (or return an empty frame when the caller reads the parts itself)."""
     fs, path = arrow_filesystem(uri, options)
     # Writes are small; a fraction of a CPU keeps them from starving the stages.
     ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0.1})
-    return read_parquet_tree(uri, options)
+    return read_parquet_tree(uri, options) if read_back else pd.DataFrame()
 
 
 def remove_tree(uri: str, options: dict) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from harmony_ops.metrics import evaluate_arrays, full_resolution_metrics, no_reference_metrics
+from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS
+
+# Every column `row_metrics` may fill (ground-truth ones only for rows that have ground truth).
+ROW_METRICS = NOREF_METRICS + GT_METRICS + COMPOSITE_METRICS
 
 
 def gt_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "", *,

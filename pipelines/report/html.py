@@ -30,10 +30,9 @@ from harmony_ops.inputs import load_sample
 from pipelines.report import svg as svg_plots
 from pipelines.io.storage import join, read_with_retries, write_bytes_atomic
 from pipelines.io.tables import METRICS_FILE, SUMMARY_FILE, read_parquet_tree
+from schemas.vocabulary import BAD, DONE, FG_BUCKETS, IHARMONY4_SUBSETS
 
 REPORT_FILE = "report.html"
-PAPER_SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")
-BUCKETS = ("0-5%", "5-15%", "15-100%")
 TABLE_METRICS = (("MSE", "mse"), ("PSNR", "psnr"), ("fMSE", "fmse"))
 ALL_METRICS = (("MSE", "mse"), ("PSNR", "psnr"), ("fMSE", "fmse"), ("fPSNR", "fpsnr"), ("bMSE", "bmse"),
                ("SSIM", "ssim"), ("MSE (full res.)", "mse_full"), ("PSNR (full res.)", "psnr_full"))
@@ -56,7 +55,7 @@ def esc(x) -> str:
 
 def _ordered_subsets(names) -> list[str]:
     names = [str(n) for n in names]
-    return [s for s in PAPER_SUBSETS if s in names] + sorted(n for n in names if n not in PAPER_SUBSETS)
+    return [s for s in IHARMONY4_SUBSETS if s in names] + sorted(n for n in names if n not in IHARMONY4_SUBSETS)
 
 
 def paper_table(metrics: dict, compare: dict | None = None) -> dict:
@@ -81,7 +80,7 @@ def paper_table(metrics: dict, compare: dict | None = None) -> dict:
     rows = [row(s, by_subset[s], (cmp.get("by_subset") or {}).get(s)) for s in _ordered_subsets(by_subset)]
     rows.append(row("All", metrics.get("all"), cmp.get("all")))
     by_bucket = metrics.get("by_fg_bucket") or {}
-    buckets = [row(b, by_bucket.get(b), (cmp.get("by_fg_bucket") or {}).get(b)) for b in BUCKETS]
+    buckets = [row(b, by_bucket.get(b), (cmp.get("by_fg_bucket") or {}).get(b)) for b in FG_BUCKETS]
     return {"columns": [label for label, _ in TABLE_METRICS], "rows": rows, "fg_buckets": buckets}
 
 
@@ -148,7 +147,7 @@ def scored(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or "fmse" not in df.columns:
         return df.iloc[0:0]
     f = pd.to_numeric(df["fmse"], errors="coerce")
-    keep = df["status"].isin(["ok", "skipped"]) & np.isfinite(f.to_numpy(dtype=float, na_value=np.nan))
+    keep = df["status"].isin(DONE) & np.isfinite(f.to_numpy(dtype=float, na_value=np.nan))
     out = df[keep].assign(_f=f[keep])
     sort = ["_f", "row"] if "row" in out.columns else ["_f"]
     return out.sort_values(sort, kind="mergesort").drop(columns="_f")
@@ -174,7 +173,7 @@ def failed_rows(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Failed and invalid rows grouped by reason (error_type), the most frequent reason first."""
     if df.empty:
         return {}
-    bad = df[df["status"].isin(["failed", "invalid"])]
+    bad = df[df["status"].isin(BAD)]
     reasons = bad["error_type"].fillna("(unknown)").astype(str)
     order = reasons.value_counts().index.tolist()
     return {r: bad[reasons == r] for r in sorted(order, key=lambda r: (-int((reasons == r).sum()), r))}
@@ -342,7 +341,7 @@ def _failed_section(groups: dict[str, pd.DataFrame], thumbs: dict) -> str:
 
 
 def _plots(df: pd.DataFrame) -> str:
-    ok = df[df["status"].isin(["ok", "skipped"])] if not df.empty else df
+    ok = df[df["status"].isin(DONE)] if not df.empty else df
     col = lambda c: ok[c].tolist() if c in ok.columns else []  # noqa: E731
     ids = ok["id"].tolist() if "id" in ok.columns else None
     figs = [
@@ -434,7 +433,7 @@ def build_report(df: pd.DataFrame, summary: dict, prefix: str, options: dict | N
 def write_report(prefix: str, options: dict | None = None, metrics: pd.DataFrame | None = None,
                  summary: dict | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Write `report.html` under `prefix` (reading metrics and summary from it unless given); returns its URI."""
-    from pipelines.config import JobError
+    from pipelines.errors import JobError
     from pipelines.io.storage import read_bytes
     from pipelines.report.summary import build_summary
 

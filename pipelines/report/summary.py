@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, SECONDS
+from schemas.vocabulary import DONE, FG_BUCKETS, Status
 
-BUCKETS = ("0-5%", "5-15%", "15-100%")
 
 
 def _mean(s: pd.Series) -> float | None:
@@ -39,12 +39,12 @@ def metric_block(df: pd.DataFrame) -> dict[str, Any]:
 
 def aggregate(df: pd.DataFrame) -> dict[str, Any]:
     """All / per subset / per foreground bucket (and subset x bucket), over ok and skipped rows."""
-    done = df[df["status"].isin(["ok", "skipped"])]
+    done = df[df["status"].isin(DONE)]
     out: dict[str, Any] = {"all": metric_block(done), "by_subset": {}, "by_fg_bucket": {}, "by_subset_and_fg_bucket": {}}
     subsets = done["subset"].fillna("(none)") if "subset" in done.columns else pd.Series(["(none)"] * len(done), index=done.index)
     for name, part in done.groupby(subsets, sort=True):
         out["by_subset"][str(name)] = metric_block(part)
-    for b in BUCKETS:
+    for b in FG_BUCKETS:
         part = done[done["fg_bucket"] == b]
         out["by_fg_bucket"][b] = metric_block(part)
         for name, sub in part.groupby(subsets[part.index], sort=True):
@@ -65,7 +65,7 @@ def versions() -> dict[str, str]:
 
 
 def build_summary(df: pd.DataFrame, wall_seconds: float, processed_ok: int, config: dict, extra: dict | None = None) -> dict:
-    counts = {s: int((df["status"] == s).sum()) for s in ("ok", "skipped", "failed", "invalid")}
+    counts = {s: int((df["status"] == s).sum()) for s in (Status.OK, Status.SKIPPED, Status.FAILED, Status.INVALID)}
     errors = df.loc[df["error_type"].notna(), "error_type"].value_counts().to_dict()
     stage_seconds = {c.removeprefix("seconds_"): _mean(df[c]) for c in SECONDS if c in df.columns}
     summary = {

@@ -194,14 +194,14 @@ def scatter(x: Iterable, y: Iterable, *, title: str, xlabel: str, ylabel: str, l
     px_, py_ = xs[keep], ys[keep]
     if log_y:
         py_ = np.log10(py_)
-    lab = [l for l, k in zip(labels, keep) if k]
+    lab = [name for name, k in zip(labels, keep) if k]
     xr = _span(float(px_.min()), float(px_.max()))
     yr = _span(float(py_.min()), float(py_.max()))
     pad_x, pad_y = (xr[1] - xr[0]) * 0.04, (yr[1] - yr[0]) * 0.06
     frame = _Frame((xr[0] - pad_x, xr[1] + pad_x), (yr[0] - pad_y, yr[1] + pad_y), width, height)
     body = frame.axes(xlabel, ylabel, y_log=log_y)
-    for a, b, l in zip(px_, py_, lab):
-        tip = f"{l}: " if l is not None else ""
+    for a, b, name in zip(px_, py_, lab):
+        tip = f"{name}: " if name is not None else ""
         tip += f"{_fmt(a)}, {_fmt(10 ** b if log_y else b)}"
         body.append(f'<circle cx="{frame.px(a):.1f}" cy="{frame.py(b):.1f}" r="3.5" fill="{color}" fill-opacity="0.65">'
                     f"<title>{_esc(tip)}</title></circle>")

@@ -128,14 +128,14 @@ def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps) -> list[
             g = torch.Generator().manual_seed(0)
             images = torch.rand(bs, 3, res, res, generator=g) * 2 - 1
             masks = (torch.rand(bs, 1, res, res, generator=g) > 0.5).float()
-            t1 = median_time(lambda: engine.sampler(images, masks, seeds=list(range(bs)), num_inference_steps=steps),
+            t1 = median_time(lambda images=images, masks=masks, bs=bs: engine.sampler(images, masks, seeds=list(range(bs)), num_inference_steps=steps),
                              repeats, sync=sync)
             row = {"resolution": res, "batch_size": bs, "stage1_s_per_image": t1 / bs, "stage1_images_per_s": bs / t1,
                    "stage1_gflop_per_image": fl["stage1"] / 1e9}
             row["stage1_tflops"] = fl["stage1"] * bs / t1 / 1e12
             if engine.refiner is not None:
                 x = make_refiner_input(images, masks, images, engine.refiner.config.in_channels).to(device, engine.refiner.dtype)
-                t2 = median_time(lambda: engine.refiner(x), repeats, sync=sync)
+                t2 = median_time(lambda x=x: engine.refiner(x), repeats, sync=sync)
                 row.update(refiner_s_per_image=t2 / bs, refiner_images_per_s=bs / t2,
                            refiner_gflop_per_image=fl["refiner"] / 1e9, refiner_tflops=fl["refiner"] * bs / t2 / 1e12)
             if peak:
@@ -154,27 +154,18 @@ def make_images(folder: Path, n: int, size: int, fg_ratios=(0.3,), with_real: bo
 
     Without `real` by default: a catalog run has no ground truth, and scoring against it is an audit
     cost (`harmony evaluate`) that the bare loop does not pay either."""
-    import pandas as pd
-    from PIL import Image
-
-    from harmony_ops.perturb import ellipse_mask, lab_shift
-
-    from pipelines.jobs.demo.demo import sample_photos
+    from pipelines.jobs.demo.scenes import composite_of, sample_photos, write_scenes
 
     rng = np.random.default_rng(0)
-    photos = [np.asarray(Image.fromarray(p).resize((size, size), Image.BILINEAR)) for _, p in sample_photos()]
-    rows = []
-    for k in range(n):
-        real = photos[k % len(photos)]
-        mask = ellipse_mask(size, size, rng, fg_ratios[k % len(fg_ratios)])
-        comp, _ = lab_shift(real, mask, rng)
-        for sub, arr in (("comp", comp), ("mask", (mask * 255).astype(np.uint8)), ("real", real)):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(folder / sub / f"img{k:03d}.png")
-        rows.append({"id": f"img{k:03d}", "composite": f"comp/img{k:03d}.png", "mask": f"mask/img{k:03d}.png",
-                     **({"real": f"real/img{k:03d}.png"} if with_real else {})})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
+    photos = list(sample_photos(size))
+
+    def scenes():
+        for k in range(n):
+            name, real = photos[k % len(photos)]
+            comp, mask = composite_of(real, rng, fg_ratios[k % len(fg_ratios)])
+            yield f"img{k:03d}", name, comp, mask, real
+
+    return write_scenes(folder, scenes(), with_real=with_real)
 
 
 def bare_loop_seconds(engine, folder: Path, n: int, batch: int, res: int) -> float:
@@ -188,7 +179,7 @@ def bare_loop_seconds(engine, folder: Path, n: int, batch: int, res: int) -> flo
     policy = ResolutionPolicy(mode="512", class_sizes=(res, 2 * res))
     items = []
     for k in range(n):
-        s = load_sample((folder / "comp" / f"img{k:03d}.png").read_bytes(), (folder / "mask" / f"img{k:03d}.png").read_bytes())
+        s = load_sample((folder / "composite_images" / f"img{k:03d}.png").read_bytes(), (folder / "masks" / f"img{k:03d}.png").read_bytes())
         items.append(prepare(s.composite, s.mask, policy))
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     engine.run(items[:batch], list(range(batch)))  # warm-up
@@ -215,8 +206,8 @@ def reference_loop_seconds(engine, folder: Path, n: int, batch: int, res: int, o
             return n
 
         def __getitem__(self, k):
-            comp = Image.open(folder / "comp" / f"img{k:03d}.png").convert("RGB").resize((res, res), Image.BILINEAR)
-            mask = Image.open(folder / "mask" / f"img{k:03d}.png").convert("1").resize((res, res))
+            comp = Image.open(folder / "composite_images" / f"img{k:03d}.png").convert("RGB").resize((res, res), Image.BILINEAR)
+            mask = Image.open(folder / "masks" / f"img{k:03d}.png").convert("1").resize((res, res))
             c = torch.from_numpy(np.asarray(comp, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
             m = (torch.from_numpy(np.asarray(mask, dtype=np.float32))[None] >= 0.5).float()
             return c, m, k
@@ -274,7 +265,7 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
     from harmony_ops.regions import prepare
     from harmony_ops.resolution import ResolutionPolicy
 
-    samples = [load_sample((folder / "comp" / f"img{k:03d}.png").read_bytes(), (folder / "mask" / f"img{k:03d}.png").read_bytes())
+    samples = [load_sample((folder / "composite_images" / f"img{k:03d}.png").read_bytes(), (folder / "masks" / f"img{k:03d}.png").read_bytes())
                for k in range(n)]
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     rows = []

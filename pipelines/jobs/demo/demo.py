@@ -8,48 +8,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from PIL import Image
 
-from harmony_ops.perturb import ellipse_mask, lab_shift
+from pipelines.jobs.demo.scenes import composite_of, sample_photos, write_scenes
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "cat")
 # One foreground size per bucket of the paper's tables, cycled over the photos.
 FG_RATIOS = (0.03, 0.10, 0.25, 0.02, 0.40, 0.08)
-
-
-def sample_photos():
-    try:
-        import skimage.data as data
-    except ImportError:
-        raise SystemExit("harmony demo needs scikit-image for its sample photographs: pip install 'harmony[demo]'") from None
-    for name in PHOTOS:
-        img = getattr(data, name)()
-        yield name, np.ascontiguousarray(img[..., :3]).astype(np.uint8)
 
 
 def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
     """iHarmony4-style layout plus manifest.csv (relative paths); returns the manifest path."""
     rng = np.random.default_rng(seed)
-    for sub in ("composite_images", "masks", "real_images"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
     photos = list(sample_photos())
-    rows = []
-    for k in range(n):
-        name, real = photos[k % len(photos)]
-        h, w = real.shape[:2]
-        mask = ellipse_mask(h, w, rng, FG_RATIOS[k % len(FG_RATIOS)])
-        comp, _ = lab_shift(real, mask, rng)
-        idx = k // len(photos) + 1
-        rid = f"{name}_{idx}_1"
-        Image.fromarray(real).save(folder / "real_images" / f"{name}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(folder / "masks" / f"{name}_{idx}.png")
-        Image.fromarray(comp).save(folder / "composite_images" / f"{rid}.png")
-        rows.append({"id": rid, "composite": f"composite_images/{rid}.png", "mask": f"masks/{name}_{idx}.png",
-                     "real": f"real_images/{name}.png", "subset": "skimage"})
-    manifest = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    return manifest
+
+    def scenes():
+        for k in range(n):
+            name, real = photos[k % len(photos)]
+            comp, mask = composite_of(real, rng, FG_RATIOS[k % len(FG_RATIOS)])
+            yield f"{name}_{k // len(photos) + 1}_1", name, comp, mask, real
+
+    return write_scenes(folder, scenes(), subset="skimage")
 
 
 def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8) -> int:

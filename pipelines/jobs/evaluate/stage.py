@@ -16,16 +16,17 @@ from harmony_ops.imageio import ImageError, apply_orientation, decode_image
 from harmony_ops.inputs import Sample, load_sample
 from harmony_ops.metrics import REFERENCE_RESOLUTION, fg_bucket
 
-from schemas.metrics import COMPARE_METRICS, to_arrow
+from schemas.metrics import COMPARE_METRICS
 
 from pipelines.config import EvaluateJobConfig
-from pipelines.jobs.harmonize.stages import storage_error
-from pipelines.jobs.row_metrics import gt_columns, protocol_columns, row_metrics
-from pipelines.core.stage import Resources, Stage, fail_row, pending, with_columns
-from pipelines.io.storage import read_with_retries
+from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
+from pipelines.io.storage import is_uri, read_with_retries
+from pipelines.jobs.row_metrics import ROW_METRICS, gt_columns, protocol_columns, row_metrics
+from schemas.metrics import DELTA_METRICS
+from schemas.vocabulary import ErrorKind, Status
 
-# Columns that only travel to the stage; dropped before the block is journaled.
-TRANSIT = ("compare_prediction",)
+# An input column only this stage reads (the compare method's prediction URI), dropped after it.
+COMPARE_INPUT = "compare_prediction"
 
 
 def protocol_mask(sample: Sample) -> np.ndarray:
@@ -70,10 +71,6 @@ def score_prediction(sample: Sample, pred: np.ndarray, grey: np.ndarray, use_gt_
     return values
 
 
-def _is_uri(v) -> bool:
-    return isinstance(v, str) and bool(v)
-
-
 @dataclass
 class EvaluateStage(Stage):
     """One row: fetch (with retries), decode with guards, score prediction, composite and the compare
@@ -81,27 +78,28 @@ class EvaluateStage(Stage):
 
     cfg: EvaluateJobConfig
     job_columns: dict = field(default_factory=dict)
-    name: str = "evaluate"
-    resources: Resources = Resources()
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+    name = "evaluate"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("status", "composite", "mask", "real", "output") + ((COMPARE_INPUT,) if self.cfg.compare else ())
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        compare = COMPARE_METRICS + DELTA_METRICS if self.cfg.compare else ()
+        return ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish") \
+            + ROW_METRICS + compare + tuple(self.job_columns)
 
     def process(self, batch: pd.DataFrame):
-        batch = with_columns(batch, ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish"))
-        if self.cfg.compare:
-            for c in COMPARE_METRICS + ("delta_psnr", "delta_fmse"):
-                batch[c] = np.nan
-        metric_cols: dict = {}
         for i in batch.index[pending(batch)]:
             values = self._row(batch, i)
             if values is not None:
-                metric_cols[i] = values
-        for i, values in metric_cols.items():
-            for k, v in values.items():
-                if k not in batch.columns:
-                    batch[k] = np.nan
-                batch.at[i, k] = v
+                set_values(batch, i, values)
         for k, v in self.job_columns.items():
             batch[k] = v
-        return to_arrow(batch.drop(columns=[c for c in TRANSIT if c in batch.columns]))
+        return batch
 
     def _row(self, batch: pd.DataFrame, i) -> dict | None:
         cfg, opts = self.cfg, self.cfg.storage_options
@@ -112,25 +110,22 @@ class EvaluateStage(Stage):
             mask = read_with_retries(row["mask"], opts, cfg.retries)
             real = read_with_retries(row["real"], opts, cfg.retries)
         except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
-            fail_row(batch, i, *storage_error(exc))
+            fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
             return None
         try:
             pred_bytes = read_with_retries(row["output"], opts, cfg.retries)
         except FileNotFoundError:
-            fail_row(batch, i, "missing_prediction", f"prediction {row['output']} disappeared after it was listed")
+            fail_row(batch, i, ErrorKind.MISSING_PREDICTION, f"prediction {row['output']} disappeared after it was listed")
             return None
         except Exception as exc:  # noqa: BLE001
-            fail_row(batch, i, "storage_error", f"{type(exc).__name__}: {exc}")
+            fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
             return None
         try:
             sample = load_sample(comp, mask, real, max_pixels=cfg.max_pixels)
             pred, pred_notes = decode_prediction(pred_bytes, cfg.max_pixels)
             grey = protocol_mask(sample)
-        except ImageError as exc:
-            fail_row(batch, i, exc.kind, str(exc))
-            return None
-        except Exception as exc:  # noqa: BLE001
-            fail_row(batch, i, "decode_error", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types; ImageError says which guard
+            fail_with(batch, i, exc, ErrorKind.DECODE_ERROR, storage=False)
             return None
         notes = sample.notes + pred_notes
         t_metrics = time.perf_counter()
@@ -141,21 +136,17 @@ class EvaluateStage(Stage):
             if cfg.compare:
                 values.update(self._compare(row, sample, grey, values, notes))
         except Exception as exc:  # noqa: BLE001
-            fail_row(batch, i, "metrics_error", f"{type(exc).__name__}: {exc}")
+            fail_with(batch, i, exc, ErrorKind.METRICS_ERROR, storage=False)
             return None
         h, w = sample.mask.shape
-        batch.at[i, "status"] = "ok"
-        batch.at[i, "width"], batch.at[i, "height"] = w, h
-        batch.at[i, "notes"] = ",".join(notes) or None
-        batch.at[i, "seconds_decode"] = t_metrics - t
-        batch.at[i, "seconds_finish"] = time.perf_counter() - t_metrics
-        return values
+        return {**values, "status": Status.OK, "width": w, "height": h, "notes": ",".join(notes) or None,
+                "seconds_decode": t_metrics - t, "seconds_finish": time.perf_counter() - t_metrics}
 
     def _compare(self, row, sample: Sample, grey: np.ndarray, main: dict, notes: list[str]) -> dict:
         """The compare method's 256 px metrics and per-image deltas (compare minus main); a missing or
         unreadable compare prediction leaves them null with a note, never fails the row."""
-        uri = row.get("compare_prediction")
-        if not _is_uri(uri):
+        uri = row.get(COMPARE_INPUT)
+        if not is_uri(uri):
             notes.append("compare_missing_prediction")
             return {}
         try:

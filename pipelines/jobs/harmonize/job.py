@@ -13,32 +13,24 @@ import hashlib
 import json
 import logging
 import sys
-import time
-import uuid
-from dataclasses import dataclass
 
 import pandas as pd
 
-from schemas.metrics import to_arrow
-
-from pipelines.config import HarmonizeJobConfig, JobError
-from pipelines.jobs.harmonize.stages import DecodeStage, FinishStage, ModelStage, job_columns, resources_of
-from pipelines.io.manifest import prepare_rows, read_manifest
-from pipelines.core.adapter import apply_stages, ensure_ray
+from pipelines.config import HarmonizeJobConfig
+from pipelines.core.run import JobResult, JobRun
+from pipelines.errors import JobError
+from pipelines.io.manifest import load_rows
+from pipelines.io.storage import filesystem, join
+from pipelines.io.tables import JOURNAL, METRICS_FILE, read_parquet_tree
+from pipelines.jobs.harmonize.decode import DecodeStage
+from pipelines.jobs.harmonize.finish import FinishStage, job_columns
+from pipelines.jobs.harmonize.model import ModelStage
 from pipelines.report.html import maybe_write_report
-from pipelines.core.stage import PENDING
-from pipelines.io.storage import filesystem, join, redact, write_bytes_atomic
 from pipelines.report.summary import build_summary, headline
-from pipelines.io.tables import JOURNAL, METRICS_FILE, journal_dataset, read_parquet_tree, remove_tree, write_table_atomic
+from schemas.metrics import COLUMNS, to_arrow
+from schemas.vocabulary import DONE, Status
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobResult:
-    summary: dict
-    metrics: pd.DataFrame
-    exit_code: int
 
 
 def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
@@ -91,13 +83,13 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
     prev = previous_results(cfg)
     if prev.empty or "config_key" not in prev.columns:
         return rows, rows.iloc[0:0]
-    ok = prev[(prev["status"].isin(["ok", "skipped"])) & (prev["config_key"] == key)]
+    ok = prev[(prev["status"].isin(DONE)) & (prev["config_key"] == key)]
     ok = ok.drop_duplicates("id", keep="last").set_index("id")
     images = existing_images(cfg)
     prev = ok[["composite", "mask"]].reindex(rows["id"].to_numpy())  # vectorised: manifests can be large
     names = rows["output"].map(lambda o: o.rsplit("/", 1)[-1] if isinstance(o, str) else None)
     done_mask = pd.Series(
-        (rows["status"].to_numpy() == PENDING)
+        (rows["status"].to_numpy() == Status.PENDING)
         & (prev["composite"].to_numpy() == rows["composite"].to_numpy())
         & (prev["mask"].to_numpy() == rows["mask"].to_numpy())
         & names.isin(images).to_numpy(),
@@ -106,19 +98,13 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
     done = rows[done_mask]
     carried = ok.loc[done["id"]].reset_index()
     carried["row"] = done["row"].to_numpy()
-    carried["status"] = "skipped"
+    carried["status"] = Status.SKIPPED
     return rows[~done_mask], carried
 
 
 def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
-    t0 = time.perf_counter()
-    try:
-        manifest = read_manifest(cfg.manifest, cfg.storage_options)
-    except ValueError as exc:
-        raise JobError(str(exc)) from exc
-    if cfg.limit:
-        manifest = manifest.head(cfg.limit)
-    rows = prepare_rows(manifest, cfg.manifest, cfg.output, cfg.image_format, cfg.seed)
+    run = JobRun(cfg)
+    rows = load_rows(cfg, cfg.image_format, cfg.seed)
     try:
         model_id, needs_resize = model_identity(cfg)
     except Exception as exc:  # noqa: BLE001 - CheckpointError and storage errors alike stop the job
@@ -131,52 +117,33 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
             rows, carried = mark_resumable(rows, cfg, key)
         except Exception as exc:  # noqa: BLE001
             raise JobError(f"cannot read earlier results under {cfg.output}: {type(exc).__name__}: {exc}") from exc
-    settled = rows[rows["status"] != PENDING].assign(**job_columns(cfg, model_id, key))  # invalid rows never enter Ray
-    todo = rows[rows["status"] == PENDING]
+    settled = rows[rows["status"] != Status.PENDING].assign(**job_columns(cfg, model_id, key))  # invalid rows never enter Ray
+    todo = rows[rows["status"] == Status.PENDING]
 
-    ensure_ray(cfg.ray_address, cfg.num_cpus)
+    run.start_ray()
     import ray
 
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    decode = DecodeStage(cfg=cfg, needs_resize=needs_resize, resources=resources_of(cfg.pools.decode))
-    model = ModelStage(cfg=cfg, resources=resources_of(cfg.pools.model, 1.0 if has_gpu else 0.0))
-    fin = FinishStage(cfg=cfg, model_id=model_id, config_key=key,
-                      resources=resources_of(cfg.pools.finish))
+    pools = cfg.pools
+    stages = [
+        DecodeStage(cfg=cfg, needs_resize=needs_resize, pool=pools.decode.on_cluster(False)),
+        ModelStage(cfg=cfg, pool=pools.model.on_cluster(has_gpu)),
+        FinishStage(cfg=cfg, model_id=model_id, config_key=key, pool=pools.finish.on_cluster(False)),
+    ]
+    model = stages[1].pool
     echo(
         f"harmony harmonize: {len(rows) + len(carried)} rows ({len(todo)} to run, {len(carried)} already done, "
         f"{len(settled)} invalid); engine {cfg.model.engine} ({model_id}), resolution {cfg.resolution.mode}, "
-        f"model pool {model.resources.min_workers}-{model.resources.max_workers} x "
-        f"{model.resources.num_gpus:g} GPU, batch {model.resources.batch_size}"
+        f"model pool {model.min_workers}-{model.max_workers} x {model.num_gpus:g} GPU, batch {model.batch_size}"
     )
+    fresh = run.stream(todo, stages, keep=COLUMNS, finalize=to_arrow)
+    metrics = run.consolidate([settled, carried, fresh], len(rows) + len(carried), to_arrow)
 
-    run_journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
-    if len(todo):
-        ds = ray.data.from_pandas([todo.iloc[i : i + cfg.block_rows] for i in range(0, len(todo), cfg.block_rows)])
-        ds = apply_stages(ds, [decode, model, fin])
-        fresh = journal_dataset(ds, run_journal, cfg.storage_options)
-    else:
-        fresh = pd.DataFrame()
-
-    final = pd.concat([f for f in (settled, carried, fresh) if len(f)], ignore_index=True)
-    final = final.sort_values("row").reset_index(drop=True)
-    expected = len(rows) + len(carried)
-    if len(final) != expected or final["row"].duplicated().any():
-        raise JobError(f"internal error: {len(final)} metrics rows for {expected} manifest rows")
-    table = to_arrow(final)
-    write_table_atomic(table, join(cfg.output, METRICS_FILE), cfg.storage_options)
-    metrics = table.to_pandas()
-
-    wall = time.perf_counter() - t0
-    processed_ok = int((metrics["status"] == "ok").sum())
-    config = cfg.model_dump(mode="json")
-    config["storage_options"] = redact(cfg.storage_options)
-    summary = build_summary(metrics, wall, processed_ok, config, {"model_id": model_id, "config_key": key})
-    write_bytes_atomic(join(cfg.output, "summary.json"), json.dumps(summary, indent=2).encode(), cfg.storage_options)
-    _remove_journal(cfg)
-    _remove_stale_temporaries(cfg)
-
+    summary = build_summary(metrics, run.wall, int((metrics["status"] == Status.OK).sum()), run.config(),
+                            {"model_id": model_id, "config_key": key})
+    summary_uri = run.close(summary, tidy=("images",))
     echo(headline(summary))
-    echo(f"images: {join(cfg.output, 'images')}\nmetrics: {join(cfg.output, METRICS_FILE)}\nsummary: {join(cfg.output, 'summary.json')}")
+    echo(f"images: {join(cfg.output, 'images')}\nmetrics: {join(cfg.output, METRICS_FILE)}\nsummary: {summary_uri}")
     maybe_write_report(cfg.output, cfg.storage_options, metrics, summary, echo)  # when any row has ground truth
     bad = summary["counts"]["failed"] + summary["counts"]["invalid"]
     code = 0
@@ -184,17 +151,3 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
         echo(f"failed or invalid rows: {bad}/{len(metrics)} > max_failed_fraction {cfg.max_failed_fraction}", file=sys.stderr)
         code = 3
     return JobResult(summary=summary, metrics=metrics, exit_code=code)
-
-
-def _remove_journal(cfg: HarmonizeJobConfig) -> None:
-    remove_tree(join(cfg.output, JOURNAL), cfg.storage_options)
-
-
-def _remove_stale_temporaries(cfg: HarmonizeJobConfig) -> None:
-    """Temporary siblings a killed worker left between write and rename (file systems only: object
-    stores publish whole PUTs). They never carry a final name; this only tidies the folder."""
-    fs, path = filesystem(join(cfg.output, "images"), cfg.storage_options)
-    if "file" not in fs.protocol:
-        return
-    for p in fs.glob(f"{path}/*.tmp-*"):
-        fs.rm(p)

@@ -15,40 +15,29 @@ the end, the kept rows' manifest columns (the output manifest is one file by des
 
 from __future__ import annotations
 
-import json
-import os
-import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs  # noqa: F401 - makes `pa.fs` available
 import pyarrow.parquet as pq
 
 from harmony_ops.perturb import DonorPool, normalise_weights
-
+from pipelines.config import SynthesizeJobConfig
+from pipelines.core.adapter import apply_stages
+from pipelines.core.run import JobResult, JobRun
+from pipelines.errors import JobError, ManifestError
+from pipelines.io.manifest import manifest_format
+from pipelines.io.storage import arrow_filesystem, filesystem, join
+from pipelines.io.tables import parquet_files, write_parquet_stream, write_table_atomic
+from pipelines.jobs.synthesize.donors import DonorStatsStage, donor_pool_from
+from pipelines.jobs.synthesize.sources import COMPOSITES, INPUT_COLUMNS, MASKS, REALS
+from pipelines.jobs.synthesize.stage import SynthesizeStage
 from schemas.synthesis import MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
-
-from pipelines.config import JobError, SynthesizeJobConfig
-from pipelines.jobs.harmonize.stages import resources_of
-from pipelines.io.manifest import ManifestError, manifest_format
-from pipelines.core.adapter import apply_stages, ensure_ray
-from pipelines.io.storage import arrow_filesystem, filesystem, join, protocol_of, redact, write_bytes_atomic
-from pipelines.jobs.synthesize.stages import COMPOSITES, MASKS, REALS, DonorStatsStage, SynthesizeStage, donor_pool_from
-from pipelines.io.tables import JOURNAL, SUMMARY_FILE, remove_tree, write_table_atomic
+from schemas.vocabulary import DrawStatus, ErrorKind
 
 MANIFEST_FILE = "manifest.parquet"
 PARAMS_FILE = "params.parquet"
-INPUT_COLUMNS = ("id", "real", "mask", "subset")
-
-
-@dataclass
-class SynthesisResult:
-    summary: dict
-    exit_code: int
 
 
 def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
@@ -99,18 +88,18 @@ def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool 
         return None
     ds, _ = read_input(cfg, columns)  # a dataset of its own, so ordering it does not slow the main pass
     ds.context.execution_options.preserve_order = True
-    stage = DonorStatsStage(cfg=cfg, resources=resources_of(cfg.pool))
-    rows = apply_stages(ds.limit(cfg.donor_pool), [stage]).take_all()
+    stage = DonorStatsStage(cfg=cfg, pool=cfg.pool.on_cluster(False))
+    rows = apply_stages(ds.limit(cfg.donor_pool), [stage], inputs=ds.columns()).take_all()
     return donor_pool_from(rows)
 
 
-def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> SynthesisResult:
-    t0 = time.perf_counter()
+def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> JobResult:
+    run = JobRun(cfg)
     try:
         manifest_format(cfg.manifest)  # before starting Ray: a name that cannot be a manifest
     except ManifestError as exc:
         raise JobError(str(exc)) from exc
-    ensure_ray(cfg.ray_address, cfg.num_cpus)
+    run.start_ray()
     ds, columns = read_input(cfg)
     weights = normalise_weights(cfg.kinds)
     echo(
@@ -127,25 +116,19 @@ def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> SynthesisResult:
         if len(donors) < 2:
             echo("warning: fewer than 2 donors; colour-transfer draws without a donor are rejected (no_donor)")
 
-    run_journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
-    stage = SynthesizeStage(cfg=cfg, donors=donors, resources=resources_of(cfg.pool))
-    fs, path = arrow_filesystem(run_journal, cfg.storage_options)
-    # Each finished block's rows go to storage as the job streams; writes are small.
-    apply_stages(ds, [stage]).write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0.1})
-
-    counts = assemble(cfg, run_journal)
-    wall = time.perf_counter() - t0
-    config = cfg.model_dump(mode="json")
-    config["storage_options"] = redact(cfg.storage_options)
+    stage = SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pool.on_cluster(False))
+    # Each finished block's parameter rows go to the journal as the job streams; assembly reads the parts.
+    run.stream(ds, [stage], finalize=to_arrow, columns=ds.columns(), read_back=False)
+    counts = assemble(cfg, run.journal)
+    wall = run.wall
     summary = {
         "counts": counts,
         "donors": None if donors is None else {"count": len(donors), "pool": cfg.donor_pool},
         "seconds": wall,
-        "config": config,
+        "config": run.config(),
         "files": {"manifest": MANIFEST_FILE, "params": PARAMS_FILE, "composites": COMPOSITES, "masks": MASKS, "reals": REALS},
     }
-    write_bytes_atomic(join(cfg.output, SUMMARY_FILE), json.dumps(summary, indent=2).encode(), cfg.storage_options)
-    remove_tree(join(cfg.output, JOURNAL), cfg.storage_options)
+    summary_uri = run.close(summary)
 
     c = counts
     echo(
@@ -158,19 +141,9 @@ def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> SynthesisResult:
     echo(
         f"dataset: {join(cfg.output, COMPOSITES)}/, {join(cfg.output, MASKS)}/, {join(cfg.output, REALS)}/\n"
         f"manifest: {join(cfg.output, MANIFEST_FILE)}\nparameters: {join(cfg.output, PARAMS_FILE)}\n"
-        f"summary: {join(cfg.output, SUMMARY_FILE)}"
+        f"summary: {summary_uri}"
     )
-    return SynthesisResult(summary=summary, exit_code=0)
-
-
-def _parts(uri: str, options: dict) -> tuple[pa.fs.FileSystem, list[str]]:
-    fs, path = arrow_filesystem(uri, options)
-    info = fs.get_file_info(path)
-    if info.type != pa.fs.FileType.Directory:
-        return fs, []
-    files = sorted(f.path for f in fs.get_file_info(pa.fs.FileSelector(path, recursive=True))
-                   if f.type == pa.fs.FileType.File and f.path.endswith(".parquet"))
-    return fs, files
+    return JobResult(summary=summary)
 
 
 def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
@@ -181,10 +154,10 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
     files are removed and they are left out of the manifest.
     """
     opts = cfg.storage_options
-    fs, files = _parts(journal, opts)
+    fs, files = parquet_files(journal, opts)
     if not files:  # an empty input manifest
         write_table_atomic(MANIFEST_SCHEMA.empty_table(), join(cfg.output, MANIFEST_FILE), opts)
-        _write_parquet_stream([], join(cfg.output, PARAMS_FILE), opts)
+        write_parquet_stream([], join(cfg.output, PARAMS_FILE), SCHEMA, opts)
         return {"inputs": 0, "kept": 0, "rejected": 0, "failed": 0, "invalid": 0, "write_failed": 0, "unfilled_samples": 0,
                 "manifest_rows": 0, "kept_by_kind": {}, "reasons": {}}
     dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=SCHEMA)
@@ -208,7 +181,7 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
             part = pq.read_table(f, filesystem=fs, schema=SCHEMA).to_pandas()
             if duplicates:
                 clash = part["name"].isin(duplicates)
-                part.loc[clash, ["status", "reason"]] = ["invalid", "duplicate_name"]
+                part.loc[clash, ["status", "reason"]] = [DrawStatus.INVALID, ErrorKind.DUPLICATE_NAME]
                 part.loc[clash, "kept"] = False
                 part.loc[clash, "message"] = [f"sanitised name {n!r} is shared with another input row (same id, or "
                                               f"ids equal once '_' becomes '-'); its files were removed" for n in part.loc[clash, "name"]]
@@ -216,19 +189,19 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
             part = part.sort_values(["source_id", "sample", "draw"], na_position="first", kind="stable")
             status, first, drawn = part["status"], part["first_of_input"], part["sample"].notna()
             counts["inputs"] += int(first.sum())
-            counts["kept"] += int((status == "kept").sum())
-            counts["rejected"] += int((status == "rejected").sum())
-            counts["failed"] += int(((status == "failed") & ~drawn).sum())  # input rows that could not be used
-            counts["write_failed"] += int(((status == "failed") & drawn).sum())  # kept draws whose files failed
-            counts["invalid"] += int((first & (status == "invalid")).sum())
-            counts["unfilled_samples"] += int(((status == "rejected") & (part["draw"] == cfg.max_draws - 1)).sum())
+            counts["kept"] += int((status == DrawStatus.KEPT).sum())
+            counts["rejected"] += int((status == DrawStatus.REJECTED).sum())
+            counts["failed"] += int(((status == DrawStatus.FAILED) & ~drawn).sum())  # input rows that could not be used
+            counts["write_failed"] += int(((status == DrawStatus.FAILED) & drawn).sum())  # kept draws whose files failed
+            counts["invalid"] += int((first & (status == DrawStatus.INVALID)).sum())
+            counts["unfilled_samples"] += int(((status == DrawStatus.REJECTED) & (part["draw"] == cfg.max_draws - 1)).sum())
             for kind, n in part.loc[part["kept"], "kind"].value_counts().items():
                 by_kind[kind] += int(n)
             for reason, n in part.loc[~part["kept"], "reason"].value_counts().items():
                 reasons[reason] += int(n)
             yield to_arrow(part)
 
-    _write_parquet_stream(tables(), join(cfg.output, PARAMS_FILE), opts)
+    write_parquet_stream(tables(), join(cfg.output, PARAMS_FILE), SCHEMA, opts)
     return {
         "inputs": counts["inputs"],
         "kept": counts["kept"],
@@ -251,18 +224,3 @@ def _remove_files(cfg: SynthesizeJobConfig, rows: pa.Table) -> None:
             fs.rm(path)
         except FileNotFoundError:
             pass
-
-
-def _write_parquet_stream(tables, uri: str, options: dict) -> None:
-    """One parquet file from a stream of tables, never holding more than one: a temporary file renamed
-    into place on file systems; on object stores a (multipart) upload, visible only once complete."""
-    fs, path = arrow_filesystem(uri, options)
-    local = protocol_of(uri) == "file"
-    target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
-    if local:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with fs.open_output_stream(target) as out, pq.ParquetWriter(out, SCHEMA) as writer:
-        for t in tables:
-            writer.write_table(t)
-    if local:
-        os.replace(target, path)

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipelines.io.manifest import prepare_rows, read_manifest
-from pipelines.io.storage import filesystem
+from schemas.vocabulary import Status
+from pipelines.io.storage import filesystem, is_uri
 
 SHOW = 20
 
@@ -41,14 +42,14 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
     df = read_manifest(manifest, storage_options)
     rows = prepare_rows(df, manifest, "unused://", "png", 0)
     report = ValidationReport(manifest=manifest, rows=len(rows))
-    for _, r in rows[rows["status"] == "invalid"].iterrows():
+    for _, r in rows[rows["status"] == Status.INVALID].iterrows():
         report.invalid.append((int(r["row"]), str(r["id"]), str(r["error_message"])))
     if not check_objects:
         return report
     checks = []
-    for _, r in rows[rows["status"] != "invalid"].iterrows():
+    for _, r in rows[rows["status"] != Status.INVALID].iterrows():
         for col in ("composite", "mask", "real"):
-            if isinstance(r.get(col), str) and r[col]:
+            if is_uri(r.get(col)):
                 checks.append((int(r["row"]), str(r["id"]), r[col]))
 
     def exists(uri: str) -> bool:

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.config import HarmonizeJobConfig, JobError, ModelConfig, ResolutionConfig
+from pipelines.config import HarmonizeJobConfig, ModelConfig, ResolutionConfig
+from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import filesystem
 from tests.pipeline.conftest import enc, make_scene

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from pipelines.cli import main as cli_main
-from pipelines.config import EvaluateJobConfig, HarmonizeJobConfig, JobError, ModelConfig, PoolConfig, PoolsConfig
+from pipelines.config import EvaluateJobConfig, HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig
+from pipelines.errors import JobError
 from pipelines.jobs.evaluate.job import candidate_names, list_predictions, match_prediction, run_evaluate
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import filesystem

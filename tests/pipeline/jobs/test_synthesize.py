@@ -18,12 +18,16 @@ from PIL import Image
 from harmony_ops.metrics import evaluate_arrays
 from harmony_ops.perturb import KINDS
 from pipelines.cli import build_parser, main
-from pipelines.config import ConfigError, PoolConfig, SynthesizeJobConfig, build
+from pipelines.config import PoolConfig, SynthesizeJobConfig, build
+from pipelines.errors import ConfigError
 from pipelines.io.iharmony4 import names_for
 from pipelines.io.manifest import prepare_rows, read_manifest
 from pipelines.io.storage import filesystem
 from pipelines.jobs.synthesize.job import run_synthesize
-from pipelines.jobs.synthesize.stages import SynthesizeStage, sanitise_name
+from pipelines.core.adapter import run_batch
+from pipelines.jobs.synthesize.sources import sanitise_name
+from pipelines.jobs.synthesize.stage import SynthesizeStage
+from schemas.synthesis import to_arrow as params_to_arrow
 from schemas.synthesis import MANIFEST_COLUMNS
 from tests.conftest import upload_dir
 from tests.pipeline.conftest import enc
@@ -250,6 +254,10 @@ def test_jobs_that_cannot_run_exit_2(ray_local, tmp_path, capsys):
 # --- without Ray: the stage, the config, the command line -------------------------------------------
 
 
+def run_stage(stage, batch):
+    return run_batch([stage], batch, finalize=params_to_arrow)
+
+
 def stage_rows(tmp_path, **kw) -> tuple[SynthesizeStage, pd.DataFrame]:
     manifest = write_inputs(tmp_path / "data")
     cfg = config(str(tmp_path / "data" / "manifest.csv"), str(tmp_path / "out"), batch=2, kinds="tone,day_night", **kw)
@@ -258,15 +266,15 @@ def stage_rows(tmp_path, **kw) -> tuple[SynthesizeStage, pd.DataFrame]:
 
 def test_stage_output_does_not_depend_on_batching(tmp_path):
     stage, good = stage_rows(tmp_path)
-    together = stage.process(good).to_pandas()
-    alone = pd.concat([stage.process(good.iloc[[i]]).to_pandas() for i in range(len(good))], ignore_index=True)
+    together = run_stage(stage, good).to_pandas()
+    alone = pd.concat([run_stage(stage, good.iloc[[i]]).to_pandas() for i in range(len(good))], ignore_index=True)
     pd.testing.assert_frame_equal(together, alone)
     assert together["kept"].any()
 
 
 def test_stage_records_rejected_draws_and_writes_nothing_for_them(tmp_path):
     stage, good = stage_rows(tmp_path, fmse_range=(0, 1), max_draws=2)
-    t = stage.process(good).to_pandas()
+    t = run_stage(stage, good).to_pandas()
     assert len(t) == len(good) * 2 * 2 and (t["status"] == "rejected").all() and not t["kept"].any()
     assert (t["reason"] == "fmse_above_range").all() and t["composite"].isna().all()
     assert not (tmp_path / "out").exists()
@@ -279,11 +287,11 @@ def test_stage_notes_conversions_and_fails_images_too_small_for_a_random_mask(tm
     (tmp_path / "tiny.png").write_bytes(enc(real[:6, :6]))
     given = SynthesizeStage(cfg=config(str(tmp_path / "m.csv"), str(tmp_path / "out"), batch=1, kinds="tone",
                                        fmse_range=(0, 1e9)))
-    t = given.process(pd.DataFrame([{"id": "a", "real": "rgba.png", "mask": "soft.png"}])).to_pandas()
+    t = run_stage(given, pd.DataFrame([{"id": "a", "real": "rgba.png", "mask": "soft.png"}])).to_pandas()
     assert (t["status"] == "kept").all() and set(t["notes"]) == {"real_dropped_alpha,mask_binarized"}
     random = SynthesizeStage(cfg=config(str(tmp_path / "m.csv"), str(tmp_path / "out"), batch=1, kinds="tone",
                                         mask_source="ellipse"))
-    t = random.process(pd.DataFrame([{"id": "b", "real": "tiny.png"}])).to_pandas()
+    t = run_stage(random, pd.DataFrame([{"id": "b", "real": "tiny.png"}])).to_pandas()
     assert list(t["status"]) == ["failed"] and t.iloc[0]["reason"] == "too_small" and "too small" in t.iloc[0]["message"]
 
 

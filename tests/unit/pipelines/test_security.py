@@ -18,10 +18,15 @@ from safetensors.torch import load_file
 
 from harmony_ops.checkpoints import CheckpointError, resolve_checkpoint
 from harmony_ops.loader import load_diffharmony
-from harmony_ops.perturb import ellipse_mask
-from pipelines.config import HarmonizeJobConfig, JobError, ModelConfig
+from harmony_ops.masks import ellipse
+from pipelines.config import HarmonizeJobConfig, ModelConfig
+from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
-from pipelines.jobs.harmonize.stages import DecodeStage, FinishStage, ModelStage, output_allowed
+from pipelines.core.adapter import run_batch
+from pipelines.jobs.harmonize.decode import DecodeStage
+from pipelines.jobs.harmonize.finish import FinishStage, output_allowed
+from pipelines.jobs.harmonize.model import ModelStage
+from schemas.metrics import COLUMNS, to_arrow
 from pipelines.io.manifest import prepare_rows
 from pipelines.io.storage import redact
 from tests.conftest import png_bytes
@@ -158,22 +163,22 @@ def _decoded(tmp_path, n=3):
     rows = []
     for k in range(n):
         (tmp_path / f"c{k}.png").write_bytes(png_bytes(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)))
-        (tmp_path / f"m{k}.png").write_bytes(png_bytes((ellipse_mask(32, 40, rng, 0.25) * 255).astype(np.uint8)))
+        (tmp_path / f"m{k}.png").write_bytes(png_bytes((ellipse(32, 40, rng, (0.25, 0.25)) * 255).astype(np.uint8)))
         rows.append({"id": f"r{k}", "composite": f"c{k}.png", "mask": f"m{k}.png"})
     cfg = HarmonizeJobConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
                              model=ModelConfig(engine="baseline"))
     batch = prepare_rows(pd.DataFrame(rows), str(tmp_path / "m.csv"), cfg.output, "png", 0)
-    batch = DecodeStage(cfg=cfg, needs_resize=False).process(batch)
     model = ModelStage(cfg=cfg)
     model.setup()
-    return cfg, model.process(batch)
+    chain = [DecodeStage(cfg=cfg, needs_resize=False), model, FinishStage(cfg=cfg, model_id="baseline", config_key="k")]
+    return cfg, chain, run_batch(chain, batch, keep=COLUMNS, finalize=to_arrow, stop=2)
 
 
 def test_finish_stage_refuses_a_tampered_output_uri(tmp_path):
-    cfg, batch = _decoded(tmp_path)
+    cfg, chain, batch = _decoded(tmp_path)
     batch.at[batch.index[1], "output"] = str(tmp_path / "out" / "images" / ".." / ".." / "evil.png")
     batch.at[batch.index[2], "output"] = str(tmp_path / "evil2.png")
-    table = FinishStage(cfg=cfg, model_id="baseline", config_key="k").process(batch)
+    table = run_batch(chain, batch, keep=COLUMNS, finalize=to_arrow, start=2)
     out = table.to_pandas().set_index("id")
     assert out.loc["r0", "status"] == "ok" and (tmp_path / "out" / "images" / "r0.png").exists()
     for i in ("r1", "r2"):

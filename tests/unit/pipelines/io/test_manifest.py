@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from pipelines.io.manifest import (
-    ManifestError,
     manifest_dir,
     manifest_format,
     prepare_rows,
@@ -16,6 +15,7 @@ from pipelines.io.manifest import (
     resolve_uri,
     row_seed,
 )
+from pipelines.errors import ManifestError
 from schemas.manifest import row_problems
 
 ROWS = [

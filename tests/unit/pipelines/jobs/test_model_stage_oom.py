@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-import pipelines.jobs.harmonize.stages as stages
+import pipelines.jobs.harmonize.model as stages
 from harmony_ops.engines import RunResult
-from harmony_ops.perturb import ellipse_mask
+from harmony_ops.masks import ellipse
 from pipelines.config import HarmonizeJobConfig, ModelConfig
-from pipelines.jobs.harmonize.stages import DecodeStage, ModelStage
+from pipelines.core.adapter import bind
+from pipelines.jobs.harmonize.decode import DecodeStage
+from pipelines.jobs.harmonize.finish import FinishStage
+from pipelines.jobs.harmonize.model import ModelStage
+from schemas.metrics import COLUMNS
 from pipelines.io.manifest import prepare_rows
 from tests.conftest import png_bytes
 
@@ -44,13 +48,13 @@ def decoded_batch(tmp_path, n: int) -> pd.DataFrame:
     rows = []
     for k in range(n):
         comp = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-        mask = (ellipse_mask(40, 48, rng, 0.2) * 255).astype(np.uint8)
+        mask = (ellipse(40, 48, rng, (0.2, 0.2)) * 255).astype(np.uint8)
         (tmp_path / f"c{k}.png").write_bytes(png_bytes(comp))
         (tmp_path / f"m{k}.png").write_bytes(png_bytes(mask))
         rows.append({"id": f"r{k}", "composite": f"c{k}.png", "mask": f"m{k}.png"})
     cfg = job_config(tmp_path)
     prepared = prepare_rows(pd.DataFrame(rows), str(tmp_path / "manifest.csv"), cfg.output, "png", cfg.seed)
-    batch = DecodeStage(cfg=cfg, needs_resize=False).process(prepared)
+    batch = DecodeStage(cfg=cfg, needs_resize=False).run(prepared)
     assert (batch["status"] == "pending").all()
     return batch
 
@@ -60,10 +64,13 @@ def job_config(tmp_path) -> HarmonizeJobConfig:
                               model=ModelConfig(engine="baseline"))
 
 
-def model_stage(tmp_path, engine) -> ModelStage:
-    stage = ModelStage(cfg=job_config(tmp_path))
+def model_stage(tmp_path, engine):
+    """The model stage as the harmonize chain runs it (with the chain's column handling)."""
+    cfg = job_config(tmp_path)
+    stage = ModelStage(cfg=cfg)
     stage.engine = engine  # what setup() would load
-    return stage
+    chain = [DecodeStage(cfg=cfg, needs_resize=False), stage, FinishStage(cfg=cfg, model_id="fake", config_key="k")]
+    return bind(chain, inputs=["row", "id", "status", "seed", "output", "composite", "mask", "real"], keep=COLUMNS)[1]
 
 
 @pytest.fixture
@@ -76,7 +83,7 @@ def freed(monkeypatch):
 def test_batch_too_large_is_split_until_it_fits(tmp_path, freed):
     batch = decoded_batch(tmp_path, 8)
     engine = FakeEngine(capacity=2)
-    out = model_stage(tmp_path, engine).process(batch)
+    out = model_stage(tmp_path, engine).run(batch)
     assert (out["status"] == "pending").all()  # nothing failed: every row ran at a smaller size
     assert out["result_rgb"].map(lambda b: isinstance(b, bytes) and len(b) > 0).all()
     assert engine.calls == [(8, False), (4, False), (2, True), (2, True), (4, False), (2, True), (2, True)]
@@ -89,7 +96,7 @@ def test_only_the_poisoned_row_fails_as_out_of_memory(tmp_path, freed):
     batch = decoded_batch(tmp_path, 8)
     poisoned_row = batch.index[5]
     engine = FakeEngine(capacity=2, poisoned={int(batch.at[poisoned_row, "seed"])})
-    out = model_stage(tmp_path, engine).process(batch)
+    out = model_stage(tmp_path, engine).run(batch)
     failed = out[out["status"] == "failed"]
     assert list(failed.index) == [poisoned_row]
     assert failed.at[poisoned_row, "error_type"] == "out_of_memory"
@@ -110,7 +117,7 @@ def test_a_non_memory_error_on_one_row_is_a_model_error(tmp_path, freed):
     batch = decoded_batch(tmp_path, 4)
     bad = batch.index[0]
     engine = FakeEngine(capacity=4, poisoned={int(batch.at[bad, "seed"])}, error=ValueError("NaN in latents"))
-    out = model_stage(tmp_path, engine).process(batch)
+    out = model_stage(tmp_path, engine).run(batch)
     assert out.at[bad, "status"] == "failed" and out.at[bad, "error_type"] == "model_error"
     assert "NaN in latents" in out.at[bad, "error_message"]
     assert (out.drop(index=bad)["status"] == "pending").all()
@@ -120,6 +127,6 @@ def test_rows_that_already_failed_are_not_sent_to_the_engine(tmp_path, freed):
     batch = decoded_batch(tmp_path, 4)
     batch.loc[batch.index[1], ["status", "error_type", "error_message"]] = ["failed", "corrupt", "x"]
     engine = FakeEngine(capacity=8)
-    out = model_stage(tmp_path, engine).process(batch)
+    out = model_stage(tmp_path, engine).run(batch)
     assert engine.calls == [(3, True)]
     assert out.at[batch.index[1], "error_type"] == "corrupt"

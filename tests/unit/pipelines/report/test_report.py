@@ -19,6 +19,7 @@ from PIL import Image
 from tests.scenes import make_scene
 from pipelines.report import svg as svg_plots
 from pipelines.config import EvaluateJobConfig
+from pipelines.core.adapter import run_batch
 from pipelines.jobs.evaluate.stage import EvaluateStage
 from pipelines.report.html import (
     REPORT_FILE,
@@ -31,7 +32,7 @@ from pipelines.report.html import (
 )
 from pipelines.report.summary import build_summary
 from pipelines.io.tables import METRICS_FILE, SUMMARY_FILE, write_table_atomic
-from schemas.metrics import to_arrow
+from schemas.metrics import COLUMNS, to_arrow
 
 HOSTILE = '<img src=x onerror="alert(1)">&\'"'
 
@@ -221,7 +222,7 @@ def make_report_prefix(root: Path) -> Path:
     cfg = EvaluateJobConfig(manifest="unused.csv", predictions=str(data), output=str(prefix))
     job = {"engine": "evaluate", "model": str(data), "config_key": "k", "steps": None, "scheduler": "none",
            "resolution_mode": "none"}
-    table = EvaluateStage(cfg=cfg, job_columns=job).process(df)
+    table = run_batch([EvaluateStage(cfg=cfg, job_columns=job)], df, keep=COLUMNS, finalize=to_arrow)
     metrics = table.to_pandas()
     write_table_atomic(to_arrow(metrics), str(prefix / METRICS_FILE), {})
     summary = build_summary(metrics, 1.0, int((metrics["status"] == "ok").sum()), {})

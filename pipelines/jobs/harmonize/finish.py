@@ -1,0 +1,86 @@
+"""The harmonize job's last stage (CPU tasks): paste the result back at full resolution, encode,
+write atomically, score. Never imports torch."""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harmony_ops.imageio import encode_image
+from harmony_ops.inputs import load_sample
+from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
+from pipelines.config import HarmonizeJobConfig
+from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
+from pipelines.io.storage import join, write_with_retries
+from pipelines.jobs.harmonize.decode import ENCODED
+from pipelines.jobs.row_metrics import ROW_METRICS, row_metrics
+from schemas.vocabulary import BAD, SEGMENT, ErrorKind, Status
+
+JOB_COLUMNS = ("engine", "model", "config_key", "steps", "scheduler", "resolution_mode")
+
+
+def job_columns(cfg: HarmonizeJobConfig, model_id: str, config_key: str) -> dict:
+    """Columns every row of one run shares, whatever its status."""
+    diffusion = cfg.model.engine == "diffharmony"
+    return {
+        "engine": cfg.model.engine,
+        "model": model_id,
+        "config_key": config_key,
+        "steps": cfg.model.steps if diffusion else None,
+        "scheduler": cfg.model.scheduler if diffusion else "none",
+        "resolution_mode": cfg.resolution.mode,
+    }
+
+
+@dataclass
+class FinishStage(Stage):
+    cfg: HarmonizeJobConfig
+    model_id: str
+    config_key: str
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+    name = "finish"
+    reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS
+    writes = ("seconds_finish",) + ROW_METRICS + JOB_COLUMNS
+
+    def process(self, batch: pd.DataFrame) -> pd.DataFrame:
+        for i in batch.index[pending(batch)]:
+            t = time.perf_counter()
+            row = batch.loc[i]
+            if not output_allowed(row["output"], self.cfg.output):
+                fail_row(batch, i, ErrorKind.UNSAFE_OUTPUT, f"refusing to write {row['output']!r}: not one file "
+                         f"name directly under {join(self.cfg.output, 'images')}")
+                continue
+            try:
+                sample = load_sample(row["comp_bytes"], row["mask_bytes"], row["real_bytes"], max_pixels=self.cfg.max_pixels)
+                box = plan_from_columns(row).region
+                region = unpack(row["result_rgb"], box[3] - box[1], box[2] - box[0])
+                out = finish(sample.composite, sample.mask, box, region, self.cfg.resolution.feather)
+                write_with_retries(row["output"], encode_image(out, self.cfg.image_format), self.cfg.storage_options,
+                                   self.cfg.retries)
+                values = row_metrics(sample, out)
+            except Exception as exc:  # noqa: BLE001
+                fail_with(batch, i, exc, ErrorKind.FINISH_ERROR)
+                continue
+            set_values(batch, i, {**values, "status": Status.OK, "seconds_finish": time.perf_counter() - t})
+        for k, v in job_columns(self.cfg, self.model_id, self.config_key).items():
+            batch[k] = v
+        batch.loc[batch["status"].isin(BAD), "output"] = None
+        return batch
+
+
+def output_allowed(uri, output: str) -> bool:
+    """True only for `<output>/images/<one plain file name>`: whatever reached this row, the finish
+    stage never writes elsewhere (defence in depth behind the manifest's id rules)."""
+    if not isinstance(uri, str):
+        return False
+    images = join(output, "images").rstrip("/")
+    if not uri.startswith(images + "/"):
+        return False
+    name = uri[len(images) + 1 :]
+    if name in (".", "..") or not SEGMENT.fullmatch(name):
+        return False
+    return posixpath.dirname(posixpath.normpath(uri.split("://", 1)[-1])) == posixpath.normpath(images.split("://", 1)[-1])

@@ -1,0 +1,188 @@
+"""The stages of `harmony synthesize` (CPU tasks): donor statistics, and synthesis itself.
+
+`SynthesizeStage` turns each input row (id, real, mask) into parameter-table rows: for each of
+`per_image` samples, up to `max_draws` draws (kind, strength, parameters), each perturbed, encoded,
+scored against the stored real image and filtered on fMSE; the first draw that passes is written
+in the iHarmony4 layout. Bad input rows become one row with a reason. Every random choice comes
+from `rng_for(seed, row id, sample, draw | "mask")`, so a sample never depends on batching or worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from harmony_ops.color import delta_e76, rgb_to_lab
+from harmony_ops.imageio import ImageError, decode_image, encode_image
+from harmony_ops.metrics import evaluate_arrays
+from harmony_ops.perturb import DonorPool, LabStats, draw_kind, filter_reason, perturb, rng_for
+from pipelines.config import SynthesizeJobConfig
+from pipelines.core.failures import classify
+from pipelines.core.stage import PoolConfig, Stage
+from pipelines.io.manifest import manifest_dir, resolve_uri
+from pipelines.io.storage import join, write_with_retries
+from pipelines.jobs.synthesize.sources import (
+    SCALAR_PARAMS, Source, input_columns, input_problem, layout, load_source, mask_index, sample_mask, sanitise_name,
+    text_cell,
+)
+from schemas.synthesis import SCHEMA
+from schemas.vocabulary import DrawStatus, ErrorKind
+
+@dataclass
+class SynthesizeStage(Stage):
+    """Input rows in, parameter-table rows out (an Arrow table with the schemas.synthesis schema)."""
+
+    cfg: SynthesizeJobConfig
+    donors: DonorPool | None = None
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+    name = "synthesize"
+    keeps_rows = False
+    writes = tuple(SCHEMA.names)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return input_columns(self.cfg)
+
+    def process(self, batch: pd.DataFrame):
+        rows: list[dict] = []
+        for rec in batch.to_dict("records"):
+            produced = self.synthesize_row(rec)
+            produced[0]["first_of_input"] = True
+            rows.extend(produced)
+        return pd.DataFrame(rows)
+
+    def synthesize_row(self, rec: dict) -> list[dict]:
+        cfg = self.cfg
+        base = manifest_dir(cfg.manifest)
+        source_id = text_cell(rec.get("id")) or ""
+        common = {
+            "source_id": source_id,
+            "mask_source": cfg.mask_source,
+            "source_real": text_cell(resolve_uri(base, rec.get("real"))),
+            "source_mask": text_cell(resolve_uri(base, rec.get("mask"))) if cfg.mask_source == "given" else None,
+            "source_subset": text_cell(rec.get("subset")),
+            "kept": False,
+            "first_of_input": False,
+        }
+        problem = input_problem(rec, cfg)
+        if problem:
+            return [{**common, "status": DrawStatus.INVALID, "reason": ErrorKind.INVALID_ROW, "message": problem}]
+        name = sanitise_name(source_id)
+        common["name"] = name
+        try:
+            source = load_source(rec, cfg)
+        except Exception as exc:  # noqa: BLE001 - storage and decoding failures alike are this row's failure
+            kind, message = classify(exc, ErrorKind.DECODE_ERROR)
+            return [{**common, "status": DrawStatus.FAILED, "reason": kind, "message": message[:2000]}]
+        h, w = source.real.shape[:2]
+        common.update(width=w, height=h, notes=",".join(source.notes) or None)
+        try:
+            real_jpg = encode_image(source.real, "jpg", cfg.jpeg_quality)
+            real_stored = _decode_stored(real_jpg)
+        except Exception as exc:  # noqa: BLE001
+            return [{**common, "status": DrawStatus.FAILED, "reason": ErrorKind.ENCODE_ERROR, "message": f"{type(exc).__name__}: {exc}"}]
+
+        rows: list[dict] = []
+        written: set[str] = set()
+        for k in range(1, cfg.per_image + 1):
+            m = mask_index(cfg, k)
+            paths = layout(name, m, k)
+            try:
+                mask, mask_params = sample_mask(cfg, source_id, source, k)
+            except ImageError as exc:
+                return rows + [{**common, "status": DrawStatus.FAILED, "reason": exc.kind, "message": str(exc)}]
+            fg = mask >= 0.5
+            real_fg_lab = rgb_to_lab(real_stored[fg])
+            for d in range(cfg.max_draws):
+                row = {**common, "id": paths["id"], "sample": k, "draw": d, "mask_index": m,
+                       "fg_ratio": float(fg.mean())}
+                row.update(self._draw(source, mask, mask_params, real_stored, real_fg_lab, source_id, k, d))
+                if row["status"] == DrawStatus.KEPT:
+                    try:
+                        self._write(paths, real_jpg, mask, row.pop("_composite_jpg"), written)
+                    except Exception as exc:  # noqa: BLE001
+                        kind, message = classify(exc, ErrorKind.WRITE_ERROR)
+                        row.update(status=DrawStatus.FAILED, kept=False, reason=kind, message=message[:2000])
+                    else:
+                        row.update({c: paths[c] for c in ("composite", "mask", "real")}, subset=row["kind"])
+                row.pop("_composite_jpg", None)
+                rows.append(row)
+                if row["status"] != DrawStatus.REJECTED:
+                    break
+        return rows
+
+    def _draw(self, source: Source, mask: np.ndarray, mask_params: dict | None, real_stored: np.ndarray,
+              real_fg_lab: np.ndarray, source_id: str, k: int, d: int) -> dict:
+        """One draw: kind, strength, parameters, perturbation, encoding, statistics, filter."""
+        cfg = self.cfg
+        rng = rng_for(cfg.seed, source_id, k, d)
+        kind = draw_kind(rng, cfg.kinds)
+        lo, hi = cfg.strength
+        strength = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+        out: dict = {"kind": kind, "strength": strength}
+        try:
+            comp, params = perturb(kind, source.real, mask, rng, strength, self.donors, source_id)
+        except LookupError as exc:
+            return {**out, "status": DrawStatus.REJECTED, "reason": ErrorKind.NO_DONOR, "message": str(exc),
+                    "params": _json({"strength": strength, "mask": mask_params})}
+        params = {"strength": strength, **params}
+        if mask_params is not None:
+            params["mask"] = mask_params
+        out.update({c: params.get(c) for c in SCALAR_PARAMS}, donor_id=params.get("donor_id"), params=_json(params))
+        comp_jpg = encode_image(comp, "jpg", cfg.jpeg_quality)
+        comp_stored = _decode_stored(comp_jpg)
+        metrics = evaluate_arrays(comp_stored, real_stored, mask)
+        comp_fg_lab = rgb_to_lab(comp_stored[mask >= 0.5])
+        out.update(
+            mse=metrics.mse, psnr=metrics.psnr, fmse=metrics.fmse, fpsnr=metrics.fpsnr,
+            fg_delta_l=float(comp_fg_lab[:, 0].mean() - real_fg_lab[:, 0].mean()),
+            fg_delta_e=float(delta_e76(comp_fg_lab, real_fg_lab).mean()),
+        )
+        reason = filter_reason(metrics.fmse, cfg.fmse_range)
+        if reason is not None:
+            lo_f, hi_f = cfg.fmse_range
+            return {**out, "status": DrawStatus.REJECTED, "reason": reason,
+                    "message": f"fMSE {metrics.fmse:.1f} outside [{lo_f:g}, {hi_f:g}]"}
+        return {**out, "status": DrawStatus.KEPT, "kept": True, "reason": None, "message": None, "_composite_jpg": comp_jpg}
+
+    def _write(self, paths: dict, real_jpg: bytes, mask: np.ndarray, comp_jpg: bytes, written: set) -> None:
+        """Real image and mask once (when a first sample uses them), then the composite, each atomically."""
+        cfg = self.cfg
+        if paths["real"] not in written:
+            write_with_retries(join(cfg.output, paths["real"]), real_jpg, cfg.storage_options, cfg.retries)
+            written.add(paths["real"])
+        if paths["mask"] not in written:
+            write_with_retries(join(cfg.output, paths["mask"]), _grey_png(mask), cfg.storage_options, cfg.retries)
+            written.add(paths["mask"])
+        write_with_retries(join(cfg.output, paths["composite"]), comp_jpg, cfg.storage_options, cfg.retries)
+
+
+def _decode_stored(data: bytes) -> np.ndarray:
+    return np.asarray(decode_image(data, "encoded image")[0], dtype=np.uint8)
+
+
+def _grey_png(mask: np.ndarray) -> bytes:
+    """The mask as an 8-bit greyscale PNG of 0 and 255."""
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask >= 0.5, 255, 0).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _json(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=_jsonable)
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, LabStats):
+        return v.as_dict()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
