@@ -1,13 +1,20 @@
 """deploy/: the image definition, the lock, and the KubeRay manifests stay consistent with the project.
 
-Core Kubernetes objects are validated against the Kubernetes JSON schemas when `kubernetes-validate`
-is installed (the `test` extra); KubeRay's CRDs (RayJob, RayCronJob) have no schema here, so their
-required fields are checked by hand.
+Core Kubernetes objects are validated against the Kubernetes JSON schemas of `kubernetes-validate`
+(the `test` extra). KubeRay's objects (RayJob, RayCronJob, and the RayJob template in the nightly
+ConfigMap) are validated against deploy/schemas/kuberay-<version>.json, our transcription of the CRDs
+of the KubeRay releases the manifests claim, with the pod templates inside them checked against the
+strict Kubernetes schemas of the release that KubeRay is built with: what `kubectl apply
+--validate=strict` checks. A few semantic rules the CRDs cannot express are checked by hand.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.metadata as md
+import importlib.resources
+import json
 import re
 import shlex
 import sys
@@ -24,10 +31,13 @@ from pipelines.config import HarmonizeJobConfig, build
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 KUBERAY = DEPLOY / "kuberay"
+SCHEMAS = DEPLOY / "schemas"
 MANIFESTS = sorted(KUBERAY.glob("*.yaml"))
 K8S_VERSION = "1.30.0"  # CronJob.spec.timeZone is GA since 1.27
 SECRET_NAME = "harmony-s3"
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The KubeRay releases each kind of object must be valid on (README: RayJobs need >= 1.2, RayCronJob >= 1.6).
+KUBERAY_CLAIMS = {"RayJob": ("1.2", "1.6"), "RayCluster": ("1.2", "1.6"), "RayCronJob": ("1.6",)}
 
 
 def docs(path: Path) -> list[dict]:
@@ -118,7 +128,156 @@ def test_entrypoint_is_a_valid_harmony_command(where, spec, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# KubeRay CRDs: required fields by hand
+# KubeRay objects against the CRDs of the claimed releases (what `kubectl apply --validate=strict` checks)
+
+
+def kuberay_objects() -> list[tuple[str, dict]]:
+    """(where, object) of every KubeRay object shipped, the RayJob template inside a ConfigMap included."""
+    out = [(p.name, d) for p, d in all_docs() if d["apiVersion"].startswith("ray.io/")]
+    for p, d in of_kind("ConfigMap"):
+        for key, text in d.get("data", {}).items():
+            if key.endswith((".yaml", ".yml")):
+                inner = yaml.safe_load(text)
+                if isinstance(inner, dict) and str(inner.get("apiVersion", "")).startswith("ray.io/"):
+                    out.append((f"{p.name}:{key}", inner))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _kuberay_validator(version: str):
+    jsonschema = pytest.importorskip("jsonschema")
+    kv = pytest.importorskip("kubernetes_validate")
+    from referencing import Registry, Resource
+
+    schema = json.loads((SCHEMAS / f"kuberay-{version}.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["x-kuberay-version"] == version
+    # the strict Kubernetes definitions (pod spec, env, resources, ...) of the release KubeRay is built with
+    k8s = importlib.resources.files(kv) / "kubernetes-json-schema" / f"v{schema['x-kubernetes-version']}.0-local-strict"
+    definitions = json.loads((k8s / "_definitions.json").read_text())
+    registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _field_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def kuberay_errors(obj: dict, version: str) -> list[str]:
+    """'field.path: problem' for each way `obj` breaks KubeRay `version`'s CRD; unknown fields by name."""
+    out = []
+    for e in _kuberay_validator(version).iter_errors(obj):
+        if e.validator == "additionalProperties" and e.validator_value is False:
+            known = e.schema.get("properties", {})
+            out += [f"{_field_path([*e.absolute_path, k])}: unknown field" for k in e.instance if k not in known]
+        else:
+            out.append(f"{_field_path(e.absolute_path)}: {e.message}")
+    return sorted(out)
+
+
+def _kuberay_cases() -> list[tuple[str, str]]:
+    return [(where, v) for where, d in kuberay_objects() for v in KUBERAY_CLAIMS[d["kind"]]]
+
+
+def test_every_kuberay_object_is_validated():
+    assert {w for w, _ in kuberay_objects()} == {"rayjob.yaml", "rayjob-autoscaling.yaml", "raycronjob.yaml",
+                                                  "nightly-cronjob.yaml:rayjob.yaml"}
+    assert {p.stem.removeprefix("kuberay-") for p in SCHEMAS.glob("kuberay-*.json")} == \
+        {v for vs in KUBERAY_CLAIMS.values() for v in vs}
+
+
+@pytest.mark.parametrize("where,version", _kuberay_cases(), ids=[f"{w}@{v}" for w, v in _kuberay_cases()])
+def test_kuberay_objects_validate_against_the_crds(where, version):
+    errors = kuberay_errors(dict(kuberay_objects())[where], version)
+    assert not errors, f"{where} on KubeRay {version}:\n" + "\n".join(errors)
+
+
+def _open_levels(node, path="") -> list[str]:
+    """Paths of object levels in a schema that would let unknown fields through."""
+    if isinstance(node, list):
+        return [p for i, n in enumerate(node) for p in _open_levels(n, f"{path}/{i}")]
+    if not isinstance(node, dict):
+        return []
+    open_ = [path] if "properties" in node and node.get("additionalProperties") is not False else []
+    return open_ + [p for k, n in node.items() if k != "properties" for p in _open_levels(n, f"{path}/{k}")] + \
+        [p for k, n in node.get("properties", {}).items() for p in _open_levels(n, f"{path}/properties/{k}")]
+
+
+@pytest.mark.parametrize("version", sorted({v for vs in KUBERAY_CLAIMS.values() for v in vs}))
+def test_kuberay_schemas_close_every_object(version):
+    schema = json.loads((SCHEMAS / f"kuberay-{version}.json").read_text())
+    assert _open_levels(schema["$defs"]) == []
+    assert "--validate=strict" in " ".join(schema["x-header"])
+
+
+def _at(obj, path: str):
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        obj = obj[int(part[1:-1])] if part.startswith("[") else obj[part]
+    return obj
+
+
+KEEP = object()
+NIGHTLY = "nightly-cronjob.yaml:rayjob.yaml"
+GPU_POD = "spec.rayClusterSpec.workerGroupSpecs[1].template.spec"
+HEAD_CONTAINER = "spec.rayClusterSpec.headGroupSpec.template.spec.containers[0]"
+# (where, parent, key replaced (None: a new key), key planted, value (KEEP: the replaced key's), versions
+# that reject it (None: every claimed one), the path the error names (None: parent.key planted))
+MISTAKES = {
+    "runtimeEnvYaml": ("rayjob.yaml", "spec", None, "runtimeEnvYaml", "pip: [requests]", None, None),
+    "ttlSecondAfterFinished": ("rayjob.yaml", "spec", "ttlSecondsAfterFinished", "ttlSecondAfterFinished",
+                               KEEP, None, None),
+    "backofLimit": (NIGHTLY, "spec", "backoffLimit", "backofLimit", KEEP, None, None),
+    "enableInTreeAutoscalling": ("rayjob-autoscaling.yaml", "spec.rayClusterSpec", "enableInTreeAutoscaling",
+                                 "enableInTreeAutoscalling", KEEP, None, None),
+    "upscalingMode-enum": ("rayjob-autoscaling.yaml", "spec.rayClusterSpec.autoscalerOptions", "upscalingMode",
+                           "upscalingMode", "Fast", None, None),
+    "head-replicas": ("rayjob.yaml", "spec.rayClusterSpec.headGroupSpec", None, "replicas", 1, None, None),
+    "worker-minReplica": (NIGHTLY, "spec.rayClusterSpec.workerGroupSpecs[0]", "minReplicas", "minReplica",
+                          KEEP, None, None),
+    "rayStartParams-not-string": ("rayjob.yaml", "spec.rayClusterSpec.headGroupSpec.rayStartParams", "num-cpus",
+                                  "num-cpus", 0, None, None),
+    "pod-nodeSelectr": ("rayjob.yaml", GPU_POD, None, "nodeSelectr", {"nvidia.com/gpu.present": "true"},
+                        None, None),
+    "pod-nodeSelectr-raycronjob": ("raycronjob.yaml", GPU_POD.replace("spec.", "spec.jobTemplate.", 1), None,
+                                   "nodeSelectr", {"nvidia.com/gpu.present": "true"}, None, None),
+    "container-resource": (NIGHTLY, HEAD_CONTAINER, "resources", "resource", KEEP, None, None),
+    "env-valuefrom": ("rayjob-autoscaling.yaml", f"{HEAD_CONTAINER}.env[0]", "valueFrom", "valuefrom", KEEP,
+                      None, None),
+    "template-metadata-generateName": ("rayjob.yaml", "spec.rayClusterSpec.workerGroupSpecs[0].template", None,
+                                       "metadata", {"generateName": "cpu-"}, None,
+                                       "spec.rayClusterSpec.workerGroupSpecs[0].template.metadata.generateName"),
+    "1.6-field-on-1.2": ("rayjob.yaml", "spec", None, "deletionStrategy",
+                         {"onSuccess": {"policy": "DeleteCluster"}, "onFailure": {"policy": "DeleteNone"}},
+                         ("1.2",), None),
+    "raycronjob-timeZone": ("raycronjob.yaml", "spec", None, "timeZone", "Etc/UTC", None, None),
+    "raycronjob-concurrencyPolicy": ("raycronjob.yaml", "spec", None, "concurrencyPolicy", "Forbid", None, None),
+    "raycronjob-startingDeadlineSeconds": ("raycronjob.yaml", "spec", None, "startingDeadlineSeconds", 3600,
+                                           None, None),
+    "raycronjob-jobTemplate.spec": ("raycronjob.yaml", "spec", "jobTemplate", "jobTemplate",
+                                    lambda old: {"spec": old}, None, "spec.jobTemplate.spec"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_kuberay_validation_names_a_planted_mistake(mistake):
+    where, parent, old, new, value, versions, expect = MISTAKES[mistake]
+    obj = copy.deepcopy(dict(kuberay_objects())[where])
+    at = _at(obj, parent)
+    if old is not None:
+        kept = at.pop(old)
+        value = kept if value is KEEP else value(kept) if callable(value) else value
+    at[new] = value
+    expect = expect or f"{parent}.{new}"
+    for version in versions or KUBERAY_CLAIMS[obj["kind"]]:
+        errors = kuberay_errors(obj, version)
+        assert any(e.startswith(f"{expect}:") for e in errors), (version, errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay objects: what the CRDs cannot say, by hand
 
 
 def _check_container(c: dict, where: str):
