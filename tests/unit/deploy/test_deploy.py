@@ -358,13 +358,19 @@ def test_autoscaling_variant():
 def test_scheduled_variants_run_the_same_job():
     (bulk,) = [d for p, d in of_kind("RayJob") if p.name == "rayjob.yaml"]
     specs = dict(rayjob_specs())
+    (cron,) = [d for _, d in of_kind("CronJob")]
+    late_start = cron["spec"]["startingDeadlineSeconds"]
     for where in ("raycronjob.yaml:jobTemplate", "nightly-cronjob.yaml:rayjob.yaml"):
         spec = dict(specs[where])
-        assert 0 < spec.pop("activeDeadlineSeconds") < 24 * 3600  # one night's run ends before the next
+        deadline = spec.pop("activeDeadlineSeconds")
+        assert 0 < deadline < 24 * 3600
+        # KubeRay restarts the deadline with each attempt: a night's run lasts up to (backoffLimit + 1)
+        # deadlines; it must end before the next night's starts, even after a start up to
+        # startingDeadlineSeconds late and an hour for the cluster teardowns between attempts.
+        assert deadline * (spec["backoffLimit"] + 1) <= 24 * 3600 - late_start - 3600, where
         expected = {k: v for k, v in bulk["spec"].items() if k != "activeDeadlineSeconds"}
         assert spec == expected, where
     (rcj,) = [d for _, d in of_kind("RayCronJob")]
-    (cron,) = [d for _, d in of_kind("CronJob")]
     for schedule in (rcj["spec"]["schedule"], cron["spec"]["schedule"]):
         assert len(schedule.split()) == 5
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
@@ -499,5 +505,6 @@ def test_core_objects_validate_against_kubernetes_schemas(kind):
 def test_deploy_readme_covers_the_operations():
     text = (DEPLOY / "README.md").read_text()
     for needle in ("docker build", "docker push", "kubectl apply", "ray job submit", "--working-dir",
-                   "dashboard", "resume", "nvidia.com/gpu", "KubeRay", "RayCronJob"):
+                   "dashboard", "resume", "nvidia.com/gpu", "KubeRay", "RayCronJob", "--validate=strict",
+                   "activeDeadlineSeconds"):
         assert needle in text, needle
