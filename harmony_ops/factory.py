@@ -20,6 +20,8 @@ from .checkpoints import NULL_EMBEDDING_FILE, NULL_EMBEDDING_KEY
 from .refiner import UNet2DCustom
 
 Arch = Literal["tiny", "sd15-inpaint"]
+RefinerInit = Literal["default", "identity"]
+REFINER_INITS = ("default", "identity")
 
 # Stable Diffusion 1.x scheduler config (scheduler/scheduler_config.json of SD-1.5-inpainting).
 SD_SCHEDULER_CONFIG = {
@@ -135,18 +137,29 @@ def build_vae(arch: Arch, seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(**VAE_CONFIGS[arch])
 
 
-def build_refiner(arch: Arch, seed: int = 0) -> UNet2DCustom:
+def build_refiner(arch: Arch, seed: int = 0, init: RefinerInit = "default") -> UNet2DCustom:
+    """The stage-2 refinement U-Net with seeded random weights.
+
+    init="default": every layer at diffusers' default initialisation, which is where the reference's
+    refinement training starts (scripts/train/refinement_stage.py builds `UNet2DCustom.from_config`).
+    The output then depends on all of the refiner's inputs (harmonized, mask, composite), so a test
+    sees what the refiner is fed. init="identity": `conv_out` zeroed, so the refiner returns its
+    first three input channels (the harmonized image, through the input residual) unchanged.
+    """
+    if init not in REFINER_INITS:
+        raise ValueError(f"unknown refiner init {init!r}; choose one of {REFINER_INITS}")
     torch.manual_seed(seed + 2)
     model = UNet2DCustom(**REFINER_CONFIGS[arch])
-    # A random refiner would paint noise over the image; start it as the identity (plus
-    # the input residual) so untrained checkpoints keep outputs interpretable.
-    torch.nn.init.zeros_(model.conv_out.weight)
-    torch.nn.init.zeros_(model.conv_out.bias)
+    if init == "identity":
+        torch.nn.init.zeros_(model.conv_out.weight)
+        torch.nn.init.zeros_(model.conv_out.bias)
     return model
 
 
-def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refiner: bool = True) -> Path:
-    """Write a diffusers-layout DiffHarmony checkpoint (plus `refiner/`) to a local folder."""
+def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refiner: bool = True,
+                     refiner_init: RefinerInit = "default") -> Path:
+    """Write a diffusers-layout DiffHarmony checkpoint (plus `refiner/`, see `build_refiner` for its init)."""
+    refiner_model = build_refiner(arch, seed, refiner_init) if refiner else None  # a bad init fails before any write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unet = build_unet(arch, seed)
@@ -166,7 +179,9 @@ def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refine
         "vae": ["diffusers", "AutoencoderKL"],
         "harmony": {"arch": arch, "seed": seed, "random_weights": True},
     }
+    if refiner_model is not None:
+        model_index["harmony"]["refiner_init"] = refiner_init
     (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
-    if refiner:
-        build_refiner(arch, seed).save_pretrained(out / "refiner", safe_serialization=True)
+    if refiner_model is not None:
+        refiner_model.save_pretrained(out / "refiner", safe_serialization=True)
     return out

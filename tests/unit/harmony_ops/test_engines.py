@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harmony_ops.engines import BaselineEngine, refine_region
 from harmony_ops.loader import load_diffharmony, load_engine, pick_dtype
+from harmony_ops.refiner import make_refiner_input
 from harmony_ops.regions import finish, prepare
 from harmony_ops.resolution import ResolutionPolicy
 
@@ -63,6 +65,59 @@ def test_refine_region_caps_pixels_and_returns_region_size(engine):
         hook.remove()
     assert out.shape == (90, 130, 3)
     assert seen[0][2] * seen[0][3] <= 48 * 64  # refined at about 40x59 (padded to x8), not 90x130
+
+
+@torch.no_grad()
+def hand_refined(refiner, harmonized: torch.Tensor, region: np.ndarray, rmask: np.ndarray) -> np.ndarray:
+    """The refiner's contract written out: inputs in [-1, 1] (harmonized, mask in {0, 1}, composite), output
+    clamped to [-1, 1] and mapped to uint8. harmonized: 3 x H x W in [0, 1] at the region's size."""
+    comp = torch.from_numpy(region.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    mask = torch.from_numpy(rmask.astype(np.float32))[None, None]
+    x = make_refiner_input(harmonized[None] * 2 - 1, mask, comp, refiner.config.in_channels)
+    y = refiner(x).sample.clamp(-1, 1)
+    return ((y[0] + 1) / 2 * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def region_inputs(h=48, w=64):
+    rng = np.random.default_rng(3)
+    region = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rmask = np.zeros((h, w), np.float32)
+    rmask[10:40, 16:52] = 1
+    harm = torch.from_numpy(rng.random((3, h, w), dtype=np.float32))
+    return harm, region, rmask
+
+
+def test_the_test_refiner_depends_on_all_of_its_inputs(engine):
+    """Guard for the tests below: a refiner that passed its first channels through (a zeroed output conv)
+    would hide a wrong mask or composite."""
+    harm, region, rmask = region_inputs()
+    base = hand_refined(engine.refiner, harm, region, rmask).astype(int)
+    assert np.abs(base - np.round(harm.permute(1, 2, 0).numpy() * 255)).mean() > 5  # not the identity
+    for changed in (hand_refined(engine.refiner, 1 - harm, region, rmask),
+                    hand_refined(engine.refiner, harm, region, 1 - rmask),
+                    hand_refined(engine.refiner, harm, 255 - region, rmask)):
+        assert np.abs(changed.astype(int) - base).mean() > 5
+
+
+def test_refine_region_equals_a_hand_built_refiner_call(engine):
+    harm, region, rmask = region_inputs()  # at the region's size, a multiple of 8: no resize, no padding
+    out = refine_region(engine.refiner, harm, region, rmask, max_pixels=10**6)
+    expected = hand_refined(engine.refiner, harm, region, rmask)
+    assert out.shape == expected.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_engine_refines_the_stage1_result_at_the_regions_size(engine, scene):
+    comp, mask, _ = scene
+    item = prepare(comp, mask_of(mask), SMALL)  # region: the whole 120x96 image, a multiple of 8
+    got = engine.run([item], [4]).regions[0]
+    images = torch.from_numpy(item.image.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    masks = torch.from_numpy(item.mask.astype(np.float32))[None, None]
+    stage1 = engine.sampler(images, masks, seeds=[4], num_inference_steps=engine.steps)[0]
+    rh, rw = item.region_mask.shape
+    up = F.interpolate(stage1[None], size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
+    expected = hand_refined(engine.refiner, up, item.region_image, item.region_mask)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_batches_split_by_bucket_and_results_do_not_depend_on_the_batch(engine, scene):

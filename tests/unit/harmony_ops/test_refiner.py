@@ -93,6 +93,27 @@ def test_input_residual_adds_the_harmonized_channels():
         assert torch.equal(m(x).sample, x[:, :3])
 
 
+@pytest.mark.parametrize("in_channels", [3, 4, 7])
+def test_factory_refiner_inits(in_channels):
+    from harmony_ops.factory import REFINER_CONFIGS, build_refiner
+
+    x = torch.rand(1, 7, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = x[:, :in_channels]
+    configs = dict(REFINER_CONFIGS["tiny"], in_channels=in_channels)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(REFINER_CONFIGS, "tiny", configs)
+        identity, default = build_refiner("tiny", init="identity").eval(), build_refiner("tiny").eval()
+        with pytest.raises(ValueError, match="refiner init"):
+            build_refiner("tiny", init="zeros")
+    with torch.no_grad():
+        assert torch.equal(identity(x).sample, x[:, :3])  # zeroed conv_out: the harmonized channels, unchanged
+        y = default(x).sample
+        for c in range(in_channels):  # default init: every input channel moves the output
+            x2 = x.clone()
+            x2[:, c] = -x2[:, c]
+            assert (default(x2).sample - y).abs().mean() > 0.1, c
+
+
 def test_refiner_input_order_is_harmonized_mask_composite():
     harm, mask, comp = torch.full((1, 3, 4, 4), 0.5), torch.ones(1, 1, 4, 4), torch.full((1, 3, 4, 4), -0.5)
     assert make_refiner_input(harm, mask, comp, 3) is harm
