@@ -5,7 +5,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
 
 from harmony_ops.checkpoints import load_model, load_null_embedding, load_scheduler_config
 from harmony_ops.sampler import DiffHarmonySampler, generators_for, make_scheduler
@@ -32,7 +32,8 @@ def batch():
 def reference_pipeline(unet, vae, scheduler, image, mask_image, prompt_embeds, generator, latents, steps):
     """An independent transcription of StableDiffusionHarmonyPipeline.__call__ (nicecv/DiffHarmony,
     src/pipelines/pipeline_stable_diffusion_harmony.py) for tensor inputs, guidance_scale=1.0,
-    a list of generators, output_type='pt'."""
+    a list of generators, output_type='pt'. Random draws, in the reference's order: the initial latents
+    (when not given), then the VAE posterior noise, then the scheduler's per-step noise."""
     mask = mask_image.clone()
     mask[mask < 0.5] = 0
     mask[mask >= 0.5] = 1
@@ -45,7 +46,11 @@ def reference_pipeline(unet, vae, scheduler, image, mask_image, prompt_embeds, g
     # prepare_extra_step_kwargs: eta=0.0 and the generators, where the scheduler takes them
     accepted = set(inspect.signature(scheduler.step).parameters)
     extra_step_kwargs = {k: v for k, v in (("eta", 0.0), ("generator", generator)) if k in accepted}
-    # prepare_latents (latents given: only scaled)
+    # prepare_latents: with a list of generators, randn_tensor draws each image's (1, C, h, w) noise from
+    # its own generator; given latents are only scaled
+    if latents is None:
+        shape = (1, vae.config.latent_channels, height // vae_scale_factor, width // vae_scale_factor)
+        latents = torch.cat([torch.randn(shape, generator=generator[i], dtype=torch.float32) for i in range(batch_size)])
     latents = latents * scheduler.init_noise_sigma
     # prepare_mask_latents: one encode per image with its own generator
     masked_image_latents = torch.cat(
@@ -74,6 +79,21 @@ def test_equals_reference_pipeline_with_deterministic_scheduler(parts, batch, sc
     ref = reference_pipeline(unet, vae, make_scheduler(scheduler, sched_cfg), images, masks, emb.expand(n, -1, -1),
                              generators_for(seeds), latents.clone(), 5)
     assert ours.shape == (n, 3, 64, 96)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_default_path_equals_reference_pipeline(parts, batch):
+    """No latents passed, the default scheduler (Euler-Ancestral), one generator per image: every random draw
+    (initial noise, VAE posterior noise, per-step noise) comes from its image's generator in the reference's order."""
+    unet, vae, sched_cfg, emb = parts
+    images, masks = batch
+    n = images.shape[0]
+    seeds = [21, 22, 23]
+    sampler = DiffHarmonySampler(unet, vae, sched_cfg, emb)  # defaults: euler_a, latents drawn
+    ours = sampler(images, masks, seeds=seeds, num_inference_steps=5)
+    # the reference inference script's scheduler: EulerAncestralDiscreteScheduler.from_config(pipeline's config)
+    ref = reference_pipeline(unet, vae, EulerAncestralDiscreteScheduler.from_config(sched_cfg), images, masks,
+                             emb.expand(n, -1, -1), [torch.Generator().manual_seed(s) for s in seeds], None, 5)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
