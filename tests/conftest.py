@@ -34,6 +34,43 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class RayStarted(AssertionError):
+    """Raised by `forbid_ray_start` when code under test tries to start or join Ray."""
+
+
+@pytest.fixture
+def forbid_ray_start(monkeypatch):
+    """Fail any attempt to start or join Ray during the test; yields the list of attempts.
+
+    Ray may already be running in this process (pipeline tests share one instance), so
+    `ray.is_initialized()` alone proves nothing: it is forced to False for the test, `ray.init`
+    refuses, and so does the project's `ensure_ray` wherever a module imported it by name.
+    Assert the yielded list is empty as well: an `except Exception` could swallow the error.
+    """
+    import sys
+
+    import ray
+
+    from pipelines.core import adapter
+
+    attempts: list[str] = []
+
+    def refuse(what):
+        def _refuse(*args, **kwargs):
+            attempts.append(what)
+            raise RayStarted(f"{what} called: Ray must not start here")
+
+        return _refuse
+
+    real_ensure = adapter.ensure_ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse("ray.init"))
+    for name, mod in list(sys.modules.items()):
+        if (name == "pipelines" or name.startswith("pipelines.")) and getattr(mod, "ensure_ray", None) is real_ensure:
+            monkeypatch.setattr(mod, "ensure_ray", refuse(f"{name}.ensure_ray"))
+    yield attempts
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from harmony_ops.factory import write_checkpoint

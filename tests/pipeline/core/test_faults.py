@@ -259,7 +259,7 @@ def test_flaky_object_storage_retries_then_fails_only_the_broken_row(ray_local, 
     ("scheduler/scheduler_config.json", "garbage"),
     ("null_text_embedding.safetensors", "truncate"),
 ])
-def test_broken_checkpoint_stops_the_job_before_it_starts(tiny_checkpoint, tmp_path, part, damage):
+def test_broken_checkpoint_stops_the_job_before_it_starts(tiny_checkpoint, tmp_path, part, damage, forbid_ray_start):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     target = ckpt / part
@@ -277,6 +277,7 @@ def test_broken_checkpoint_stops_the_job_before_it_starts(tiny_checkpoint, tmp_p
         run_harmonize(cfg, echo=quiet)
     component = part.split("/")[0] if "/" in part else "null text embedding"
     assert component in str(e.value) and str(target.name) in str(e.value), str(e.value)
+    assert forbid_ray_start == []  # stopped before any attempt to start or join Ray
     assert not (tmp_path / "out").exists()
 
 

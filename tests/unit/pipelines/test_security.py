@@ -84,7 +84,7 @@ def test_pickle_disguised_as_safetensors_is_refused(tiny_checkpoint, tmp_path):
         resolve_checkpoint(str(ckpt), allow_pickle=True)  # the flag allows .bin files, not a lying name
 
 
-def test_job_refuses_pickle_weights_before_ray_starts(tiny_checkpoint, tmp_path):
+def test_job_refuses_pickle_weights_before_ray_starts(tiny_checkpoint, tmp_path, forbid_ray_start):
     ckpt = copy_ckpt(tiny_checkpoint, tmp_path)
     to_pickle(ckpt / "refiner", "refiner.ckpt")
     (tmp_path / "m.csv").write_text("id,composite,mask\na,c.png,m.png\n")
@@ -92,6 +92,7 @@ def test_job_refuses_pickle_weights_before_ray_starts(tiny_checkpoint, tmp_path)
                              model=ModelConfig(model=str(ckpt)))
     with pytest.raises(JobError, match=r"refiner.*pickle"):
         run_harmonize(cfg, echo=lambda *a, **k: None)
+    assert forbid_ray_start == []  # the checkpoint was refused before any attempt to start or join Ray
     assert not (tmp_path / "out").exists()
 
 
