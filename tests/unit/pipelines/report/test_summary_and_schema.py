@@ -1,5 +1,6 @@
 """The metrics table schema, the summary's aggregation, and the job's configuration key."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -7,7 +8,8 @@ import pandera.pandas as pa
 import pytest
 
 from pipelines.cli import _harmonize_flags, build_parser
-from pipelines.config import HarmonizeJobConfig, build
+from pipelines.config import HarmonizeJobConfig, ModelConfig, build
+from pipelines.io.storage import redact
 from pipelines.jobs.harmonize.job import config_key
 from pipelines.report.summary import aggregate, build_summary
 from schemas.metrics import COLUMNS, conform, to_arrow
@@ -66,11 +68,59 @@ def test_aggregate_in_the_papers_layout():
     assert agg["by_subset_and_fg_bucket"]["S2"]["15-100%"]["psnr"] == 40.0
 
 
+# Raw credentials in every place s3fs accepts them; each value is unique so a leak names itself.
+SECRETS = {"key": "AKIA-RAW-KEY-ID-7731", "secret": "raw-secret-Qx81vL", "token": "raw-token-Zp42Hs",
+           "password": "raw-password-Mw09Tc"}
+NESTED_SECRETS = {"aws_access_key_id": "AKIA-NESTED-ID-5520", "aws_secret_access_key": "nested-secret-Rb66Jd",
+                  "aws_session_token": "nested-token-Kf13Gy"}
+RAW_OPTIONS = {**SECRETS, "endpoint_url": "http://minio.internal:9000",
+               "client_kwargs": {"region_name": "eu-west-1", **NESTED_SECRETS},
+               "config_kwargs": {"retries": {"max_attempts": 2}, "Token": "mixed-case-token-Ve27Ua"}}
+ALL_SECRETS = [*SECRETS.values(), *NESTED_SECRETS.values(), "mixed-case-token-Ve27Ua"]
+
+
+def assert_no_secret(text: str):
+    for secret in ALL_SECRETS:
+        assert secret not in text, f"{secret!r} in the summary"
+    # not simply dropped: the rest of the options are kept, and the secrets say they were there
+    assert "http://minio.internal:9000" in text and "eu-west-1" in text and "max_attempts" in text
+    assert text.count("***") == len(ALL_SECRETS)
+
+
 def test_summary_counts_and_secrets():
-    s = build_summary(conform(rows()), 2.0, 1, {"storage_options": {"secret": "***"}})
+    # the job's path: the whole configuration, storage options replaced by their redacted copy
+    cfg = HarmonizeJobConfig(manifest="s3://b/m.csv", output="s3://b/out", storage_options=RAW_OPTIONS)
+    config = cfg.model_dump(mode="json")
+    config["storage_options"] = redact(cfg.storage_options)
+    s = build_summary(conform(rows()), 2.0, 1, config)
     assert s["counts"] == {"ok": 1, "skipped": 1, "failed": 1, "invalid": 1}
     assert s["errors_by_type"] == {"corrupt": 1, "invalid_row": 1}
     assert s["throughput"]["images_per_second"] == 0.5 and "torch" in s["versions"]
+    assert_no_secret(json.dumps(s))
+    assert cfg.storage_options == RAW_OPTIONS  # the job's own options are untouched
+
+
+def test_harmonize_summary_json_holds_no_secret(tmp_path, monkeypatch):
+    """The summary the job itself writes. Every row is invalid, so nothing needs Ray: it is
+    stubbed out, and the job runs its real summary path (no S3 needed: local files ignore the
+    options)."""
+    import ray
+
+    from pipelines.jobs.harmonize import job
+
+    monkeypatch.setattr(job, "ensure_ray", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {})
+    (tmp_path / "m.csv").write_text("id,composite,mask\n../x,c.png,m.png\na/b,c.png,m.png\n")
+    cfg = HarmonizeJobConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
+                             model=ModelConfig(engine="baseline"), storage_options=RAW_OPTIONS)
+    printed = []
+    result = job.run_harmonize(cfg, echo=lambda *a, **k: printed.append(" ".join(map(str, a))))
+    assert result.summary["counts"]["invalid"] == 2
+    written = (tmp_path / "out" / "summary.json").read_text()
+    assert json.loads(written) == result.summary
+    assert_no_secret(written)
+    for text in (json.dumps(result.summary), result.metrics.to_csv(), "\n".join(printed)):
+        assert not any(secret in text for secret in ALL_SECRETS)
 
 
 def test_config_key_changes_with_what_changes_pixels():
