@@ -80,14 +80,54 @@ def test_missing_checkpoint_and_engine_without_model():
         load_engine("diffharmony")
 
 
-def test_s3_checkpoint_goes_through_the_node_cache(tiny_checkpoint, s3_bucket, tmp_path, monkeypatch):
+@pytest.fixture
+def s3_calls(monkeypatch):
+    """Every S3 API call any s3fs client makes during the test, by operation name, and the
+    file-system level reads (get/cat/open), in order."""
+    import s3fs
+
+    calls: list[str] = []
+    real_call = s3fs.S3FileSystem._call_s3
+
+    async def call_s3(self, method, *args, **kwargs):
+        calls.append(method if isinstance(method, str) else getattr(method, "__name__", str(method)))
+        return await real_call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", call_s3)
+    for name in ("_get_file", "_cat_file", "_open"):
+        real = getattr(s3fs.S3FileSystem, name)
+        if name == "_open":
+            def spy(self, *a, _real=real, _name=name, **k):
+                calls.append(_name)
+                return _real(self, *a, **k)
+        else:
+            async def spy(self, *a, _real=real, _name=name, **k):
+                calls.append(_name)
+                return await _real(self, *a, **k)
+        monkeypatch.setattr(s3fs.S3FileSystem, name, spy)
+    return calls
+
+
+READS = ("get_object", "_get_file", "_cat_file", "_open")
+
+
+def test_s3_checkpoint_goes_through_the_node_cache(tiny_checkpoint, s3_bucket, tmp_path, monkeypatch, s3_calls):
     bucket, opts = s3_bucket
     uri = f"{bucket}/models/tiny"
     upload_dir(tiny_checkpoint, uri, opts)
     monkeypatch.setenv("HARMONY_CACHE", str(tmp_path / "cache"))
+    files = sorted(p.relative_to(tiny_checkpoint).as_posix() for p in tiny_checkpoint.rglob("*") if p.is_file())
+    s3_calls.clear()
     first = resolve(uri, opts)
     assert (first / ".complete").exists() and (first / "unet" / "config.json").exists()
-    assert resolve(uri, opts) == first  # cached: same folder, no second download
+    assert sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file()) == sorted(files + [".complete"])
+    assert s3_calls.count("_get_file") == len(files) and s3_calls.count("get_object") >= len(files)  # the spy sees downloads
+    cache_before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    s3_calls.clear()
+    assert resolve(uri, opts) == first  # cached: same folder...
+    assert not [c for c in s3_calls if c in READS], s3_calls  # ...and not one object read again, only listed
+    assert s3_calls, "the second resolve lists the objects (to see changes), so the spy must see it"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cache_before  # no temporary download folder
     engine = load_diffharmony(uri, storage_options=opts, device="cpu")
     assert engine.refiner is not None
     assert engine.model_id == resolve_checkpoint(str(tiny_checkpoint)).model_id  # same bytes, same id
