@@ -41,17 +41,28 @@ def test_corrupt_weights_are_reported(tiny_checkpoint, tmp_path):
         load_diffharmony(str(ckpt), device="cpu")
 
 
+def assert_same_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]):
+    """The module holds exactly these tensors, bit for bit (not, say, a fresh initialisation)."""
+    state = module.state_dict()
+    assert sorted(state) == sorted(weights)
+    for name, tensor in weights.items():
+        assert torch.equal(state[name], tensor), name
+
+
 def test_pickle_weights_refused_unless_allowed(tiny_checkpoint, tmp_path):
     ckpt = copy_ckpt(tiny_checkpoint, tmp_path)
     unet_dir = ckpt / "unet"
     from safetensors.torch import load_file
 
-    torch.save(load_file(str(unet_dir / "diffusion_pytorch_model.safetensors")), unet_dir / "diffusion_pytorch_model.bin")
+    source = load_file(str(tiny_checkpoint / "unet" / "diffusion_pytorch_model.safetensors"))
+    torch.save(source, unet_dir / "diffusion_pytorch_model.bin")
     (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="pickle"):
         resolve_checkpoint(str(ckpt))
     engine = load_diffharmony(str(ckpt), device="cpu", allow_pickle=True)
     assert engine.sampler.unet.config.in_channels == 9
+    assert_same_weights(engine.sampler.unet, source)  # the pickled tensors were loaded
+    assert_same_weights(engine.sampler.vae, load_file(str(tiny_checkpoint / "vae" / "diffusion_pytorch_model.safetensors")))
 
 
 def test_unet_and_vae_overrides_accept_model_or_pipeline_folders(tiny_checkpoint, tmp_path):

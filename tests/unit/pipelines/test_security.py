@@ -60,6 +60,12 @@ def test_pickle_refiner_is_refused_unless_allowed(tiny_checkpoint, tmp_path):
         resolve_checkpoint(str(tiny_checkpoint), refiner=str(ckpt / "refiner"))
     engine = load_diffharmony(str(ckpt), device="cpu", allow_pickle=True)
     assert engine.refiner is not None
+    # the pickled tensors themselves were loaded (not, say, a fresh initialisation)
+    source = load_file(str(tiny_checkpoint / "refiner" / "diffusion_pytorch_model.safetensors"))
+    state = engine.refiner.state_dict()
+    assert sorted(state) == sorted(source)
+    for name, tensor in source.items():
+        assert torch.equal(state[name], tensor), name
 
 
 @pytest.mark.parametrize("part", ["unet", "vae", "refiner"])
