@@ -19,10 +19,55 @@ def test_sd15_inpaint_unet_costs_what_the_published_architecture_costs():
     assert 0.75e12 < f["unet_step"] < 0.85e12  # ~0.8 TFLOP per UNet step at 512 px
 
 
-def test_median_time_runs_warmup_then_repeats():
-    calls = []
-    median_time(lambda: calls.append(1), repeats=3, warmup=2)
-    assert len(calls) == 5
+class FakeClock:
+    """A perf_counter that only moves when the code under test "works": each call of `fn`
+    takes the next of `durations` seconds, each `sync` takes `sync_cost`."""
+
+    def __init__(self, durations, sync_cost=0.0):
+        self.now = 1000.0
+        self.durations = list(durations)
+        self.sync_cost = sync_cost
+        self.events = []
+
+    def perf_counter(self):
+        self.events.append("clock")
+        return self.now
+
+    def fn(self):
+        self.events.append("fn")
+        self.now += self.durations.pop(0)
+
+    def sync(self):
+        self.events.append("sync")
+        self.now += self.sync_cost
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import types
+
+    import pipelines.jobs.bench.bench as bench
+
+    def install(durations, sync_cost=0.0):
+        c = FakeClock(durations, sync_cost)
+        monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=c.perf_counter))
+        return c
+
+    return install
+
+
+def test_median_time_runs_warmup_then_repeats(clock):
+    c = clock([100.0, 100.0, 1.0, 5.0, 2.0])  # two slow warm-up calls, then three timed ones
+    assert median_time(c.fn, repeats=3, warmup=2) == 2.0  # median of 1, 5, 2: warm-up excluded
+    assert c.durations == [] and c.events[:2] == ["fn", "fn"]  # warm-up first, untimed
+    assert c.events[2:] == ["clock", "fn", "clock"] * 3
+
+
+def test_median_time_syncs_around_each_timed_call(clock):
+    # the sync before starting the clock is not timed (earlier work), the one after is (the call's own work)
+    c = clock([50.0, 4.0, 1.0, 3.0, 2.0], sync_cost=0.5)
+    assert median_time(c.fn, repeats=4, warmup=1, sync=c.sync) == 3.0  # median of 4.5, 1.5, 3.5, 2.5
+    assert c.events[1:] == ["sync", "clock", "fn", "sync", "clock"] * 4
 
 
 def test_markdown_has_every_section():
