@@ -11,10 +11,11 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from skimage.metrics import mean_squared_error as sk_mse
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+from skimage.color import deltaE_cie76 as sk_delta_e76
+from skimage.color import rgb2lab as sk_rgb2lab
 from skimage.metrics import structural_similarity
 
 from harmony_ops.baseline import harmonize_baseline
-from harmony_ops.color import delta_e76, rgb_to_lab
 from harmony_ops.metrics import (
     FG_BUCKETS,
     evaluate_arrays,
@@ -324,11 +325,21 @@ def test_no_reference_identical_images() -> None:
     assert m.fg_ratio == pytest.approx(mask.mean())
 
 
+def _sk_stat_gap(lab: np.ndarray, fg: np.ndarray) -> float:
+    """The docstring's definition, on scikit-image's L*a*b*."""
+    a, b = lab[fg], lab[~fg]
+    return float(np.linalg.norm(a.mean(0) - b.mean(0)) + np.linalg.norm(a.std(0) - b.std(0)))
+
+
 def test_no_reference_colour_shift_and_baseline() -> None:
     truth, comp, mask = _shifted_composite(np.random.default_rng(5))
     m = no_reference_metrics(comp, truth, mask)
-    expected = delta_e76(rgb_to_lab(comp[mask]), rgb_to_lab(truth[mask])).mean()
-    assert m.delta_e_fg == pytest.approx(expected, rel=1e-12)
+    # expectations from scikit-image, not from the implementation's own colour code
+    comp_lab, truth_lab = sk_rgb2lab(comp), sk_rgb2lab(truth)
+    expected = sk_delta_e76(comp_lab[mask], truth_lab[mask]).mean()
+    assert m.delta_e_fg == pytest.approx(expected, rel=1e-9)
+    assert m.stat_gap_before == pytest.approx(_sk_stat_gap(comp_lab, mask), rel=1e-9)
+    assert m.stat_gap_after == pytest.approx(_sk_stat_gap(truth_lab, mask), rel=1e-9)
     assert m.delta_e_fg > 5
     # Undoing the cast closes the gap between object and scene.
     assert m.stat_gap_after < m.stat_gap_before
@@ -359,3 +370,11 @@ def test_as_dict_round_trip(files: dict[str, Path]) -> None:
     d = m.as_dict()
     assert set(d) == {"mse", "psnr", "fmse", "fpsnr", "bmse", "ssim", "fg_ratio", "fg_bucket"}
     assert d["fg_bucket"] in FG_BUCKETS
+    for name, value in d.items():  # each key holds its own field's value, unrounded
+        assert value == getattr(m, name) and type(value) is type(getattr(m, name)), name
+    assert type(m)(**d) == m  # and back
+    assert len(set(v for k, v in d.items() if k != "fg_bucket")) == 7  # distinct values: a swap would show
+    truth, comp, mask = _shifted_composite(np.random.default_rng(8))
+    for other in (no_reference_metrics(comp, truth, mask), full_resolution_metrics(comp, truth)):
+        od = other.as_dict()
+        assert od == {k: getattr(other, k) for k in od} and type(other)(**od) == other
