@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -239,12 +237,90 @@ def test_resize_mask_is_binary_nearest() -> None:
     np.testing.assert_array_equal(out[10:30, 20:40], np.ones((20, 20), np.float32))
 
 
-def test_large_masks_are_fast() -> None:
+# --- cost, without a clock (speed itself is for `harmony bench`) -----------------------------
+
+
+@pytest.fixture
+def window_sums(monkeypatch):
+    """The (shape, radius) of every box-sum pass (the module's expensive primitive)."""
+    import harmony_ops.compositing as comp_mod
+
+    calls: list[tuple[tuple[int, ...], int]] = []
+    real = comp_mod._window_sum
+
+    def spy(values, radius, axis, pad):
+        calls.append((np.shape(values), radius))
+        return real(values, radius, axis, pad)
+
+    monkeypatch.setattr(comp_mod, "_window_sum", spy)
+    return calls
+
+
+def _lines_run(fn) -> int:
+    """Python lines executed inside harmony_ops/compositing.py while fn runs: any Python loop
+    over the radius, the rows or the pixels makes this grow with them."""
+    import sys
+
+    import harmony_ops.compositing as comp_mod
+
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != comp_mod.__file__:
+            return None
+        if event == "line":
+            count += 1
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def test_large_mask_morphology_cost_does_not_grow_with_the_radius(window_sums) -> None:
+    """dilate/erode/feather are a fixed number of box-sum passes over the image (O(H*W)),
+    whatever the radius, with no Python-level loop over radius or pixels."""
+    mask = np.zeros((2000, 2000), dtype=bool)
+    mask[400:1600, 300:1500] = True
+    for op, passes in ((dilate, 2), (erode, 2), (feather_alpha, 4)):
+        lines = {}
+        for r in (1, 100):
+            window_sums.clear()
+            lines[r] = _lines_run(lambda: op(mask, r))
+            assert [shape for shape, _ in window_sums] == [(2000, 2000)] * passes, (op.__name__, r)
+            assert {radius for _, radius in window_sums} == {r}
+        assert lines[1] == lines[100], (op.__name__, lines)
+    expected = np.zeros_like(mask)
+    expected[300:1700, 200:1600] = True
+    np.testing.assert_array_equal(dilate(mask, 100), expected)  # still right at this size
+
+
+def test_large_paste_cost(window_sums) -> None:
     mask = np.zeros((2000, 2000), dtype=bool)
     mask[400:1600, 300:1500] = True
     comp = np.zeros((2000, 2000, 3), dtype=np.uint8)
     harm = np.full((2000, 2000, 3), 200, dtype=np.uint8)
-    start = time.perf_counter()
-    dilate(mask, 100)
-    paste(comp, harm, mask, feather=16)
-    assert time.perf_counter() - start < 5.0
+    out = paste(comp, harm, mask, feather=16)
+    assert [shape for shape, _ in window_sums] == [(2000, 2000)] * 4  # one feather: erode + box blur
+    assert (out[~mask] == 0).all() and (out[500:1500, 400:1400] == 200).all()
+
+
+def test_paste_region_works_on_the_box_not_the_image(window_sums) -> None:
+    """A small object in a large image: the feather is computed on the box grown by its reach."""
+    h = w = 2000
+    mask = np.zeros((h, w), dtype=bool)
+    mask[910:990, 905:995] = True
+    comp = np.zeros((h, w, 3), dtype=np.uint8)
+    x0, y0, x1, y1 = 900, 900, 1000, 1000
+    region = np.full((y1 - y0, x1 - x0, 3), 200, dtype=np.uint8)
+    feather = 8
+    out = paste_region(comp, region, (x0, y0, x1, y1), mask, feather=feather)
+    reach = 2 * feather + 1
+    grown = (y1 - y0 + 2 * reach, x1 - x0 + 2 * reach)
+    assert len(window_sums) == 4 and all(shape == grown for shape, _ in window_sums), window_sums
+    assert (out[~mask] == 0).all() and (out[930:970, 925:975] == 200).all()
