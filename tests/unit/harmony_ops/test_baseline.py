@@ -124,7 +124,7 @@ def test_rejects_bad_input() -> None:
 def test_large_image_converts_only_the_object_and_its_ring(monkeypatch) -> None:
     """The colour conversions (the costly part) see the foreground and the ring, not the frame;
     the ring is one dilation (whose cost does not depend on its width: test_compositing)."""
-    import harmony_ops.baseline as baseline
+    from harmony_ops import baseline
 
     rng = np.random.default_rng(6)
     comp = rng.integers(0, 256, size=(2000, 2000, 3), dtype=np.uint8)

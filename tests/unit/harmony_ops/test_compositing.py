@@ -291,7 +291,7 @@ def test_large_mask_morphology_cost_does_not_grow_with_the_radius(window_sums) -
         lines = {}
         for r in (1, 100):
             window_sums.clear()
-            lines[r] = _lines_run(lambda: op(mask, r))
+            lines[r] = _lines_run(lambda op=op, r=r: op(mask, r))
             assert [shape for shape, _ in window_sums] == [(2000, 2000)] * passes, (op.__name__, r)
             assert {radius for _, radius in window_sums} == {r}
         assert lines[1] == lines[100], (op.__name__, lines)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
-from skimage.metrics import mean_squared_error as sk_mse
-from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.color import deltaE_cie76 as sk_delta_e76
 from skimage.color import rgb2lab as sk_rgb2lab
+from skimage.metrics import mean_squared_error as sk_mse
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity
 
 from harmony_ops.baseline import harmonize_baseline
@@ -373,7 +373,7 @@ def test_as_dict_round_trip(files: dict[str, Path]) -> None:
     for name, value in d.items():  # each key holds its own field's value, unrounded
         assert value == getattr(m, name) and type(value) is type(getattr(m, name)), name
     assert type(m)(**d) == m  # and back
-    assert len(set(v for k, v in d.items() if k != "fg_bucket")) == 7  # distinct values: a swap would show
+    assert len({v for k, v in d.items() if k != "fg_bucket"}) == 7  # distinct values: a swap would show
     truth, comp, mask = _shifted_composite(np.random.default_rng(8))
     for other in (no_reference_metrics(comp, truth, mask), full_resolution_metrics(comp, truth)):
         od = other.as_dict()

@@ -46,7 +46,7 @@ class FakeClock:
 def clock(monkeypatch):
     import types
 
-    import pipelines.jobs.bench.bench as bench
+    from pipelines.jobs.bench import bench
 
     def install(durations, sync_cost=0.0):
         c = FakeClock(durations, sync_cost)

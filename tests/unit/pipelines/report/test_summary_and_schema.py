@@ -109,7 +109,7 @@ def test_harmonize_summary_json_holds_no_secret(tmp_path, monkeypatch):
     from pipelines.jobs.harmonize import job
 
     monkeypatch.setattr(job, "ensure_ray", lambda *a, **k: None)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {})
+    monkeypatch.setattr(ray, "cluster_resources", dict)  # no GPU
     (tmp_path / "m.csv").write_text("id,composite,mask\n../x,c.png,m.png\na/b,c.png,m.png\n")
     cfg = HarmonizeJobConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
                              model=ModelConfig(engine="baseline"), storage_options=RAW_OPTIONS)
