@@ -9,8 +9,8 @@ import pytest
 
 from pipelines.cli import _harmonize_flags, build_parser
 from pipelines.config import HarmonizeJobConfig, ModelConfig, build
-from pipelines.io.storage import redact
 from pipelines.jobs.harmonize.job import config_key
+from pipelines.core.run import JobRun
 from pipelines.report.summary import aggregate, build_summary
 from schemas.metrics import COLUMNS, conform, to_arrow
 
@@ -88,10 +88,9 @@ def assert_no_secret(text: str):
 
 
 def test_summary_counts_and_secrets():
-    # the job's path: the whole configuration, storage options replaced by their redacted copy
+    # the jobs' own path: the run skeleton's configuration, storage options redacted
     cfg = HarmonizeJobConfig(manifest="s3://b/m.csv", output="s3://b/out", storage_options=RAW_OPTIONS)
-    config = cfg.model_dump(mode="json")
-    config["storage_options"] = redact(cfg.storage_options)
+    config = JobRun(cfg).config()
     s = build_summary(conform(rows()), 2.0, 1, config)
     assert s["counts"] == {"ok": 1, "skipped": 1, "failed": 1, "invalid": 1}
     assert s["errors_by_type"] == {"corrupt": 1, "invalid_row": 1}
@@ -106,9 +105,10 @@ def test_harmonize_summary_json_holds_no_secret(tmp_path, monkeypatch):
     options)."""
     import ray
 
+    from pipelines.core import run
     from pipelines.jobs.harmonize import job
 
-    monkeypatch.setattr(job, "ensure_ray", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_ray", lambda *a, **k: None)
     monkeypatch.setattr(ray, "cluster_resources", dict)  # no GPU
     (tmp_path / "m.csv").write_text("id,composite,mask\n../x,c.png,m.png\na/b,c.png,m.png\n")
     cfg = HarmonizeJobConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
