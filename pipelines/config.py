@@ -195,6 +195,10 @@ class JobConfig(Strict):
     limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
     retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
+    max_worker_crashes: int = Field(
+        2, ge=1, le=20, description="worker deaths (native crash, OOM kill) on one batch before it is split; a row that "
+        "still kills its worker this often is failed with worker_crashed"
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
     ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")

@@ -58,6 +58,7 @@ class ErrorKind(StrEnum):
     # model and output
     MODEL_ERROR = "model_error"
     OUT_OF_MEMORY = "out_of_memory"
+    WORKER_CRASHED = "worker_crashed"  # the row kept killing its worker process (bounded retries)
     FINISH_ERROR = "finish_error"
     UNSAFE_OUTPUT = "unsafe_output"
     ENCODE_ERROR = "encode_error"

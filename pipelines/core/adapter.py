@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
+from pipelines.core.crashes import CrashLedger, maybe_crash_for_test, row_ids
 from pipelines.core.stage import Stage
 from pipelines.errors import StageContractError
 
@@ -43,11 +44,28 @@ def plan_columns(stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[
 class _Bound:
     """A stage with its post-stage column handling; what a Ray operator calls for each batch."""
 
-    def __init__(self, stage: Stage, drop: tuple[str, ...], last: bool, finalize: Callable | None):
-        self.stage, self.drop, self.last, self.finalize = stage, drop, last, finalize
+    def __init__(self, stage: Stage, drop: tuple[str, ...], last: bool, finalize: Callable | None,
+                 ledger: CrashLedger | None = None):
+        self.stage, self.drop, self.last, self.finalize, self.ledger = stage, drop, last, finalize, ledger
+
+    def _guarded(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """The stage's output, with worker deaths on this batch counted and bounded (core/crashes.py)."""
+        ledger, ids = self.ledger, row_ids(batch)
+        deaths = ledger.deaths(ids)
+        if deaths >= ledger.max_crashes:
+            if len(batch) == 1:
+                return self.stage.crashed(batch, f"row killed its {self.stage.name} worker {deaths} times "
+                                                 "(native crash or out-of-memory kill); not run again")
+            half = len(batch) // 2
+            return pd.concat([self._guarded(batch.iloc[:half]), self._guarded(batch.iloc[half:])])
+        marker = ledger.begin(ids)
+        maybe_crash_for_test(self.stage.name, batch)
+        out = self.stage.run(batch)
+        ledger.end(marker)
+        return out
 
     def run(self, batch: pd.DataFrame):
-        out = self.stage.run(batch)
+        out = self._guarded(batch) if self.ledger is not None else self.stage.run(batch)
         drop = [c for c in self.drop if c in out.columns]
         if self.last:
             out = out.drop(columns=drop)
@@ -57,11 +75,11 @@ class _Bound:
 
 
 def bind(stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
-         finalize: Callable | None = None, transit: Iterable[str] = ()) -> list[_Bound]:
+         finalize: Callable | None = None, transit: Iterable[str] = (), ledger: CrashLedger | None = None) -> list[_Bound]:
     """The stages, checked as a chain, each ready to run a batch (with or without Ray)."""
     drops = plan_columns(stages, inputs, keep, transit)
     n = len(stages)
-    return [_Bound(s, d, k == n - 1, finalize) for k, (s, d) in enumerate(zip(stages, drops))]
+    return [_Bound(s, d, k == n - 1, finalize, ledger) for k, (s, d) in enumerate(zip(stages, drops))]
 
 
 def run_batch(stages: Sequence[Stage], batch: pd.DataFrame, keep: Iterable[str] = (), finalize: Callable | None = None,
@@ -111,13 +129,14 @@ def _named(base: type, name: str) -> type:
 
 
 def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
-                 finalize: Callable | None = None, transit: Iterable[str] = ()):
+                 finalize: Callable | None = None, transit: Iterable[str] = (), ledger: CrashLedger | None = None):
     """The dataset with every stage applied in order, one named operator each; `finalize` (e.g. a
     schema's `to_arrow`) runs on the last stage's output. `inputs`: the columns of `ds`; `keep`:
-    columns the output keeps; `transit`: input columns only the stages use (dropped at the end)."""
+    columns the output keeps; `transit`: input columns only the stages use (dropped at the end);
+    `ledger`: bounds the retries of batches that kill their worker."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    for bound in bind(stages, inputs, keep, finalize, transit):
+    for bound in bind(stages, inputs, keep, finalize, transit, ledger):
         stage, p = bound.stage, bound.stage.pool
         common = dict(batch_size=p.batch_size, batch_format="pandas", zero_copy_batch=False, num_cpus=p.num_cpus,
                       num_gpus=p.num_gpus or None)
@@ -129,7 +148,10 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
                 **common,
             )
         else:
-            ds = ds.map_batches(_named(_Task, stage.name)(bound), compute=TaskPoolStrategy(size=p.max_workers), **common)
+            # A task whose worker died is retried without limit, as actors' tasks are: the ledger is the bound.
+            retries = {"max_retries": -1} if ledger is not None else {}
+            ds = ds.map_batches(_named(_Task, stage.name)(bound), compute=TaskPoolStrategy(size=p.max_workers),
+                                **common, **retries)
     return ds
 
 

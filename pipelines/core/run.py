@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipelines.core.adapter import apply_stages, ensure_ray
+from pipelines.core.crashes import CrashLedger
 from pipelines.core.stage import Stage
 from pipelines.errors import JobError
 from pipelines.io.storage import filesystem, join, redact, write_bytes_atomic
@@ -63,7 +64,9 @@ class JobRun:
                 return pd.DataFrame()
             self.start_ray()
             columns, source = list(source.columns), self.blocks(source)
-        ds = apply_stages(source, stages, inputs=columns or (), keep=keep, finalize=finalize, transit=transit)
+        ledger = CrashLedger(join(self.journal, "_attempts"), self.opts, self.cfg.max_worker_crashes)
+        ds = apply_stages(source, stages, inputs=columns or (), keep=keep, finalize=finalize, transit=transit,
+                          ledger=ledger)
         return journal_dataset(ds, self.journal, self.opts, read_back=read_back)
 
     def consolidate(self, parts: Iterable[pd.DataFrame], expected: int, to_arrow: Callable) -> pd.DataFrame:

@@ -72,6 +72,16 @@ class Stage:
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
 
+    def crashed(self, batch: pd.DataFrame, message: str) -> pd.DataFrame:
+        """The output for rows that kept killing this stage's worker: failed, `worker_crashed`, not run.
+        Stages that make rows of another table (`keeps_rows = False`) say what such rows become."""
+        if not self.keeps_rows:
+            raise NotImplementedError(f"stage {self.name!r} must say what a row that crashes its worker becomes")
+        batch = batch.copy()
+        for i in batch.index[pending(batch)]:
+            fail_row(batch, i, ErrorKind.WORKER_CRASHED, message)
+        return self.run(batch)  # no row is pending: only the per-batch columns (job columns) are written
+
     def run(self, batch: pd.DataFrame) -> pd.DataFrame:
         """`process` under the column contract: what the adapter calls for every batch."""
         missing = [c for c in self.reads if c not in batch.columns]

@@ -29,6 +29,9 @@ class DonorStatsStage(Stage):
     def reads(self) -> tuple[str, ...]:
         return input_columns(self.cfg)
 
+    def crashed(self, batch: pd.DataFrame, message: str) -> pd.DataFrame:
+        return pd.DataFrame(columns=list(self.writes))  # a donor that crashes its worker is no donor
+
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = []
         for rec in batch.to_dict("records"):

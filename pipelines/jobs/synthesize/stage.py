@@ -57,12 +57,16 @@ class SynthesizeStage(Stage):
             rows.extend(produced)
         return pd.DataFrame(rows)
 
-    def synthesize_row(self, rec: dict) -> list[dict]:
-        cfg = self.cfg
-        base = manifest_dir(cfg.manifest)
-        source_id = text_cell(rec.get("id")) or ""
-        common = {
-            "source_id": source_id,
+    def crashed(self, batch: pd.DataFrame, message: str) -> pd.DataFrame:
+        rows = [{**self._common(rec), "status": DrawStatus.FAILED, "reason": ErrorKind.WORKER_CRASHED, "message": message,
+                 "first_of_input": True} for rec in batch.to_dict("records")]
+        return pd.DataFrame(rows)
+
+    def _common(self, rec: dict) -> dict:
+        """The columns every parameter row of one input row shares."""
+        cfg, base = self.cfg, manifest_dir(self.cfg.manifest)
+        return {
+            "source_id": text_cell(rec.get("id")) or "",
             "mask_source": cfg.mask_source,
             "source_real": text_cell(resolve_uri(base, rec.get("real"))),
             "source_mask": text_cell(resolve_uri(base, rec.get("mask"))) if cfg.mask_source == "given" else None,
@@ -70,6 +74,11 @@ class SynthesizeStage(Stage):
             "kept": False,
             "first_of_input": False,
         }
+
+    def synthesize_row(self, rec: dict) -> list[dict]:
+        cfg = self.cfg
+        common = self._common(rec)
+        source_id = common["source_id"]
         problem = input_problem(rec, cfg)
         if problem:
             return [{**common, "status": DrawStatus.INVALID, "reason": ErrorKind.INVALID_ROW, "message": problem}]
