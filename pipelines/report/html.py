@@ -268,16 +268,20 @@ def composite_thumbnail(uri, options: dict, max_pixels: int = DEFAULT_MAX_PIXELS
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px;color:#222;background:#fafafa}
 h1{margin:0 0 4px}h2{margin-top:32px;border-bottom:2px solid #3b6ea8;padding-bottom:4px}
-.meta{color:#555;font-size:14px}.meta code{background:#eee;padding:1px 4px;border-radius:3px}
+.meta{color:#555;font-size:14px}.meta code{background:#eee;padding:1px 4px;border-radius:3px;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:8px 0;background:#fff}
 th,td{border:1px solid #d0d0d0;padding:4px 8px;font-size:13px;text-align:right}
 thead th{background:#e8eef6;text-align:center}tbody th{text-align:left;background:#f4f6f9}
 tr.all th,tr.all td{font-weight:bold;background:#fff6dc}
 .counts td,.counts th{text-align:left}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
-.grid td{text-align:center;vertical-align:top}.grid img{max-width:256px;max-height:256px;display:block;margin:auto}
-.grid .cap{text-align:left;font-size:12px;min-width:150px}
-.missing{width:120px;height:90px;background:repeating-linear-gradient(45deg,#eee,#eee 6px,#f8f8f8 6px,#f8f8f8 12px);
+/* narrow windows: plots and grid thumbnails scale down (never up) instead of widening the page */
+.plots svg{max-width:100%;height:auto}
+.grid{width:100%;max-width:1560px;table-layout:fixed}.grid thead th:first-child{width:150px}
+.grid td{text-align:center;vertical-align:top}
+.grid img{max-width:100%;max-height:256px;width:auto;height:auto;display:block;margin:auto}
+.grid .cap{text-align:left;font-size:12px;overflow-wrap:anywhere}
+.missing{width:120px;max-width:100%;height:90px;background:repeating-linear-gradient(45deg,#eee,#eee 6px,#f8f8f8 6px,#f8f8f8 12px);
 color:#888;font-size:11px;display:flex;align-items:center;justify-content:center}
 .failed td{text-align:left;vertical-align:top}.failed img{max-width:160px;max-height:160px}
 .legend{display:inline-block;width:160px;height:12px;vertical-align:middle;

@@ -193,18 +193,18 @@ def test_write_report_from_a_prefix(tmp_path: Path):
 # --- a small evaluate output, built without Ray (shared with the browser test) ----------------
 
 
-def _scene(seed: int, ratio: float = 0.2):
-    return make_scene(seed, h=90, w=120, ratio=ratio)
+def _scene(seed: int, ratio: float = 0.2, size: tuple[int, int] = (90, 120)):
+    return make_scene(seed, h=size[0], w=size[1], ratio=ratio)
 
 
-def make_report_prefix(root: Path) -> Path:
+def make_report_prefix(root: Path, size: tuple[int, int] = (90, 120)) -> Path:
     """An evaluate output prefix (metrics, summary) for 6 scored rows in the four iHarmony4 subsets
-    plus two failed rows, scored by the evaluate stage itself, in-process."""
+    plus two failed rows, scored by the evaluate stage itself, in-process (images of `size`, height and width)."""
     data, prefix = root / "data", root / "out"
     data.mkdir(parents=True)
     rows = []
     for k, subset in enumerate(("HCOCO", "HAdobe5k", "HFlickr", "Hday2night", "HCOCO", "HAdobe5k")):
-        comp, mask, real = _scene(k, ratio=(0.03, 0.1, 0.3, 0.5, 0.2, 0.08)[k])
+        comp, mask, real = _scene(k, ratio=(0.03, 0.1, 0.3, 0.5, 0.2, 0.08)[k], size=size)
         w = k / 6
         pred = np.clip(comp * (1 - w) + real.astype(np.float64) * w, 0, 255).astype(np.uint8)
         for name, arr in (("comp", comp), ("mask", mask), ("real", real), ("pred", pred)):
