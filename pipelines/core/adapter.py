@@ -139,7 +139,7 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
     for bound in bind(stages, inputs, keep, finalize, transit, ledger):
         stage, p = bound.stage, bound.stage.pool
         common = dict(batch_size=p.batch_size, batch_format="pandas", zero_copy_batch=False, num_cpus=p.num_cpus,
-                      num_gpus=p.num_gpus or None)
+                      num_gpus=p.num_gpus or None, resources=dict(p.resources) or None)
         if stage.stateful:
             ds = ds.map_batches(
                 _named(_Worker, stage.name), fn_constructor_args=(bound,),

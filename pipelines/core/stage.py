@@ -30,11 +30,18 @@ class PoolConfig(BaseModel):
     min_workers: int = Field(1, ge=1, description="smallest pool size")
     max_workers: int = Field(1, ge=1, description="largest pool size (autoscaling between min and max)")
     max_tasks_in_flight: int = Field(2, ge=1, description="batches queued per actor (prefetch)")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per worker: workers run only on nodes that offer them"
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> "PoolConfig":
         if self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) < min_workers ({self.min_workers})")
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory") or not amount > 0:
+                raise ValueError(f"resources: {name!r}: {amount} (a custom resource, more than 0; CPUs and GPUs "
+                                 "have their own fields)")
         return self
 
     def on_cluster(self, has_gpu: bool) -> "PoolConfig":

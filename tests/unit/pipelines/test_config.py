@@ -132,6 +132,31 @@ def test_pool_config_accepts_equal_min_and_max():
     assert PoolConfig(min_workers=2, max_workers=2).max_workers == 2
 
 
+def test_pool_custom_resources_reach_map_batches():
+    """`pools.<pool>.resources` (custom Ray resources) is passed to `map_batches(resources=...)`,
+    for actor and task stages; unset, no `resources` is passed; CPU/GPU and amounts <= 0 are refused."""
+    from pipelines.core.adapter import apply_stages
+    from pipelines.core.stage import Stage
+
+    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "pools": {"model": {"resources": {"model_host": 1}}}})
+    assert cfg.pools.model.resources == {"model_host": 1.0} and cfg.pools.decode.resources == {}
+
+    class Recorder:
+        def map_batches(self, fn, **kwargs):
+            self.kwargs = kwargs
+            return self
+
+    for stateful in (True, False):
+        for pool, expected in ((cfg.pools.model, {"model_host": 1.0}), (cfg.pools.decode, None)):
+            stage = type("Probe", (Stage,), {"stateful": stateful, "name": "probe"})()
+            stage.pool = pool.on_cluster(False)
+            got = apply_stages(Recorder(), [stage], inputs=()).kwargs
+            assert got.get("resources") == expected, (stateful, got)
+    for bad in ({"CPU": 1}, {"GPU": 1}, {"model_host": 0}):
+        with pytest.raises(ConfigError, match=r"pools\.model"):
+            build(HarmonizeJobConfig, None, {**JOB_FLAGS, "pools": {"model": {"resources": bad}}})
+
+
 def test_unknown_scheduler_is_rejected_with_choices():
     with pytest.raises(ConfigError) as ei:
         build(ImageJobConfig, None, {**IMAGE_FLAGS, "model": {"model": "/ckpt", "scheduler": "plms"}})
