@@ -10,6 +10,7 @@ one complete image under `<output>/images/`.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.config import HarmonizeJobConfig, ModelConfig, ResolutionConfig
+from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolsConfig, ResolutionConfig
 from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import filesystem
@@ -142,17 +143,24 @@ def test_model_actor_killed_mid_run_is_restarted_and_the_job_completes(ray_local
 # a node removed mid-run
 
 
-def test_node_removed_mid_run(tmp_path, tiny_checkpoint):
+def test_node_removed_mid_run(tmp_path, tiny_checkpoint, monkeypatch):
+    """The model actor is placed on purpose (a custom resource only the doomed node offers) and
+    holds a row there; the node is then removed and a replacement joins: the held row is re-run
+    on the replacement and every row ends ok, once."""
     import ray
     from ray.cluster_utils import Cluster
+
+    from pipelines.jobs.harmonize import job as harmonize_job
+    from tests.pipeline.node_probe import ProbedModelStage, markers
 
     ray.shutdown()  # leave the session's local instance; the next test's ray_local starts a fresh one
     # Fast failure detection, so the lost node is noticed in about a second instead of tens.
     fast = {"health_check_period_ms": 300, "health_check_failure_threshold": 3, "health_check_timeout_ms": 300}
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 2, "include_dashboard": False, "_system_config": fast})
+    host = {"model_host": 1}  # the model pool asks for it: only the doomed node, then its replacement, offer it
     try:
-        doomed = cluster.add_node(num_cpus=1)
+        doomed = cluster.add_node(num_cpus=1, resources=host)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
         from ray.data import DataContext
@@ -161,24 +169,59 @@ def test_node_removed_mid_run(tmp_path, tiny_checkpoint):
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         manifest_path, manifest = local_dataset(tmp_path, good=8)
         out = tmp_path / "out"
+        probe = tmp_path / "probe"
+        probe.mkdir()
+        (probe / "doomed").write_text(doomed.node_id)
+        monkeypatch.setattr(harmonize_job, "ModelStage", functools.partial(ProbedModelStage, probe_dir=str(probe)))
+        p = pools(1)
         cfg = HarmonizeJobConfig(manifest=str(manifest_path), output=str(out),
-                                 model=ModelConfig(model=str(tiny_checkpoint)), pools=pools(1), block_rows=1,
+                                 model=ModelConfig(model=str(tiny_checkpoint)), block_rows=1,
+                                 pools=PoolsConfig(decode=p.decode, finish=p.finish,
+                                                   model=p.model.model_copy(update={"resources": host})),
                                  resolution=ResolutionConfig(mode="512", class_sizes=(64, 128)))
 
-        # Strike once the first images are out: the worker node then holds decode/finish tasks (Ray
-        # Data spreads them) and maybe the model actor, all lost with it. Never the head: it holds
-        # the GCS and the driver's blocks.
-        saboteur = Saboteur(ready=lambda: 1 <= images_done(out) <= 5, target=lambda: doomed,
-                            strike=lambda node: cluster.remove_node(node, allow_graceful=False))
-        saboteur.start()
-        try:
-            result = run_harmonize(cfg, echo=quiet)
-        finally:
-            saboteur.stop()
-        assert saboteur.error is None, saboteur.error
-        assert saboteur.hit is not None, "the job finished before the node could be removed"
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+        # Strike while the model actor holds a row on the doomed node (after it finished two there);
+        # decode/finish tasks there (Ray Data spreads them) are lost too. Never the head: it holds
+        # the GCS and the driver's blocks. A replacement node with the resource joins at once. The
+        # job runs in a thread: `Cluster.add_node` must be called from the main thread.
+        job: dict = {}
+
+        def run():
+            try:
+                job["result"] = run_harmonize(cfg, echo=quiet)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                job["error"] = exc
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        deadline = time.time() + 150
+        while runner.is_alive() and not any(probe.glob("held.*")) and time.time() < deadline:
+            time.sleep(0.05)
+        struck = runner.is_alive() and any(probe.glob("held.*"))
+        if struck:
+            cluster.remove_node(doomed, allow_graceful=False)
+            replacement = cluster.add_node(num_cpus=1, resources=host)
+        runner.join(timeout=180)
+        assert not runner.is_alive(), "the job did not finish"
+        assert "error" not in job, job.get("error")
+        result = job["result"]
+        assert struck, "the model stage never held a row on the doomed node (did it run there?)"
+        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        assert alive[doomed.node_id] is False, "the doomed node was not removed"
+        assert alive[replacement.node_id] is True
+        assert len([a for a in alive.values() if a]) == 2  # the head and the replacement
+
+        seen = markers(probe)
+        hosts = {node for _, node, _ in seen}
+        assert hosts == {doomed.node_id, replacement.node_id}, "the model ran where it was not placed"
+        done_on = lambda node: {i for e, n, i in seen if e == "done" and n == node}  # noqa: E731
+        (held,) = [i for e, n, i in seen if e == "held"]
+        assert len(done_on(doomed.node_id)) >= 2  # the removed node did real work before it went
+        assert held not in done_on(doomed.node_id)  # in flight when the node went ...
+        assert held in done_on(replacement.node_id)  # ... and re-run on the replacement
         check_complete(result, manifest, out)
+        status = result.metrics.set_index("id")["status"]
+        assert (status[sorted(done_on(doomed.node_id) | {held})] == "ok").all()
     finally:
         ray.shutdown()
         cluster.shutdown()
