@@ -187,7 +187,7 @@ def test_report_is_visible_and_fits_the_window(tmp_path: Path, width: int):
     imgs = [i for g in ("grid-worst", "grid-best") for i in tables[g]["imgs"]]
     assert len(imgs) == 30
     for i in imgs:
-        (x, y, w, h), (cx, cy, cw, ch), (nw, nh) = i["box"], i["cell"], i["natural"]
+        (x, _y, w, h), (cx, _cy, cw, _ch), (nw, nh) = i["box"], i["cell"], i["natural"]
         assert i["visible"] and nw == 256 and nh > 0, i
         assert 100 <= w <= nw + 0.5 and abs(w / h - nw / nh) < 0.02, i
         assert cx - 0.5 <= x and x + w <= cx + cw + 0.5 and x + w <= view + 0.5, i
