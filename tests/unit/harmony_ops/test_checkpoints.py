@@ -132,7 +132,9 @@ def test_s3_checkpoint_goes_through_the_node_cache(tiny_checkpoint, s3_bucket, t
     first = resolve(uri, opts)
     assert (first / ".complete").exists() and (first / "unet" / "config.json").exists()
     assert sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file()) == sorted(files + [".complete"])
-    assert s3_calls.count("_get_file") == len(files) and s3_calls.count("get_object") >= len(files)  # the spy sees downloads
+    # The spy sees the downloads at the S3 API (always looked up on the instance; the file-system-level
+    # spies can miss calls of a client fsspec cached before the test, which bound them at creation).
+    assert s3_calls.count("get_object") >= len(files)
     cache_before = sorted(p.name for p in (tmp_path / "cache").iterdir())
     s3_calls.clear()
     assert resolve(uri, opts) == first  # cached: same folder...
