@@ -144,23 +144,28 @@ def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
     return img if method is None else img.transpose(method)
 
 
-def oriented_pair(comp: Image.Image, comp_orientation: int, mask: Image.Image, mask_orientation: int) -> tuple[Image.Image, Image.Image, str]:
-    """Orient composite and mask consistently.
+def exif_notes(orientation: int) -> list[str]:
+    """The note for an orientation actually applied: ["exif_rotated_<n>"], or [] for none (1, unknown values)."""
+    return [f"exif_rotated_{orientation}"] if orientation in _TRANSPOSE else []
 
-    A mask drawn on the stored pixels has the composite's raw size: both get the
-    composite's EXIF orientation. A mask drawn on the displayed (rotated) image already
-    matches the oriented composite: only the composite is rotated. A mask with its own
-    orientation tag is oriented by it.
+
+def orient_companion(comp_raw_size: tuple[int, int], comp_orientation: int, img: Image.Image,
+                     orientation: int) -> tuple[Image.Image, int, str]:
+    """Orient a file that belongs to a composite (its mask, its ground truth) as a viewer shows the pair.
+
+    A file with its own orientation tag is oriented by it ("own"). An untagged file stored at the
+    composite's raw (unrotated) size was made from the stored pixels: it gets the composite's
+    orientation ("both"). An untagged file of another size was saved upright, as segmentation tools and
+    editors save it, and already matches the oriented composite: left alone ("composite_only"). "none":
+    neither is tagged. Returns the image, the orientation applied to it (1: none) and how.
     """
-    if mask_orientation not in (None, 1):
-        mask = apply_orientation(mask, mask_orientation)
-        return apply_orientation(comp, comp_orientation), mask, "own"
+    if orientation not in (None, 1):
+        return apply_orientation(img, orientation), orientation, "own"
     if comp_orientation in (None, 1):
-        return comp, mask, "none"
-    oriented = apply_orientation(comp, comp_orientation)
-    if mask.size == comp.size:
-        return oriented, apply_orientation(mask, comp_orientation), "both"
-    return oriented, mask, "composite_only"
+        return img, 1, "none"
+    if img.size == comp_raw_size:
+        return apply_orientation(img, comp_orientation), comp_orientation, "both"
+    return img, 1, "composite_only"
 
 
 def mask_array(mask: Image.Image) -> tuple[np.ndarray, bool]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, mask_array, oriented_pair
+from .imageio import (DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, exif_notes, mask_array,
+                      orient_companion)
 from schemas.vocabulary import ErrorKind
 
 
@@ -29,11 +30,19 @@ def load_sample(
     real: bytes | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Sample:
-    """Raises ImageError(kind, message) for anything a harmonizer cannot run on."""
+    """Raises ImageError(kind, message) for anything a harmonizer cannot run on.
+
+    Each file is oriented as a viewer shows it (`orient_companion`): the composite by its EXIF tag, the
+    mask and the ground truth by their own tags, else like the composite when stored at its raw size;
+    sizes are compared after that. Notes say what was rotated (`composite_exif_rotated_6`, ...).
+    """
     comp_img, comp_or, comp_notes = decode_image(composite, "composite", max_pixels)
     mask_img, mask_or, mask_notes = decode_mask(mask, "mask", max_pixels)
-    comp_img, mask_img, how = oriented_pair(comp_img, comp_or, mask_img, mask_or)
-    notes = [f"composite_{n}" for n in comp_notes] + [f"mask_{n}" for n in mask_notes]
+    raw_size = comp_img.size
+    comp_img = apply_orientation(comp_img, comp_or)
+    mask_img, mask_applied, how = orient_companion(raw_size, comp_or, mask_img, mask_or)
+    notes = [f"composite_{n}" for n in comp_notes + exif_notes(comp_or)] \
+        + [f"mask_{n}" for n in mask_notes + exif_notes(mask_applied)]
     if how != "none":
         notes.append(f"exif_orientation_{how}")
     if mask_img.size != comp_img.size:
@@ -50,8 +59,9 @@ def load_sample(
     gt = None
     if real is not None:
         real_img, real_or, _ = decode_image(real, "real", max_pixels)
-        # Ground truth is a photo stored like the composite: its own tag, else the composite's.
-        real_img = apply_orientation(real_img, real_or if real_or not in (None, 1) else comp_or)
+        # Ground truth follows the mask's rule: its own tag, else the composite's when stored at its raw size.
+        real_img, real_applied, _ = orient_companion(raw_size, comp_or, real_img, real_or)
+        notes += [f"real_{n}" for n in exif_notes(real_applied)]
         if real_img.size != comp_img.size:
             raise ImageError(ErrorKind.SIZE_MISMATCH,
                 f"ground truth is {real_img.size[0]}x{real_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",

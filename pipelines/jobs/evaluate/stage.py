@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from harmony_ops.compositing import resize_rgb
-from harmony_ops.imageio import ImageError, apply_orientation, decode_image
+from harmony_ops.imageio import ImageError, apply_orientation, decode_image, exif_notes
 from harmony_ops.inputs import Sample, load_sample
 from harmony_ops.metrics import REFERENCE_RESOLUTION, fg_bucket
 
@@ -48,10 +48,11 @@ def protocol_fg_ratio(grey_mask: np.ndarray, resolution: int = REFERENCE_RESOLUT
 
 
 def decode_prediction(data: bytes, max_pixels: int, what: str = "prediction") -> tuple[np.ndarray, list[str]]:
-    """A prediction as uint8 HxWx3 at its own size (its own EXIF orientation applied); raises ImageError."""
+    """A prediction as uint8 HxWx3 at its own size, as a viewer shows it (its own EXIF orientation applied,
+    noted `prediction_exif_rotated_<n>`); raises ImageError."""
     img, orientation, notes = decode_image(data, what, max_pixels)
     img = apply_orientation(img, orientation)
-    return np.asarray(img, dtype=np.uint8), [f"{what}_{n}" for n in notes]
+    return np.asarray(img, dtype=np.uint8), [f"{what}_{n}" for n in notes + exif_notes(orientation)]
 
 
 def score_prediction(sample: Sample, pred: np.ndarray, grey: np.ndarray, use_gt_bg: bool, notes: list[str]) -> dict:
