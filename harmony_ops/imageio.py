@@ -108,14 +108,31 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = DEFAULT_MAX
 
 
 def decode_mask(data: bytes, what: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int, list[str]]:
-    """Decode to an 8-bit L image; alpha-only masks (transparent background) use their alpha."""
+    """Decode to an 8-bit L image; alpha-only masks (transparent background) use their alpha, and masks
+    stored as 0/1 come out as 0/255 (note "01")."""
     img = _open(data, what, max_pixels)
     orientation = _orientation(img)
     img, notes = _guarded(what, _mask_to_l, img)
     return img, orientation, notes
 
 
+_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L")
+
+
 def _mask_to_l(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    shown, notes = _shown_mask(img)
+    # The values as stored: palette indices, 16/32-bit integers before scaling, else the 8-bit values.
+    stored = np.asarray(img) if img.mode == "P" or img.mode in _INTEGER_MODES else np.asarray(shown)
+    if stored.size == 0 or stored.max() != 1:
+        return shown, notes
+    if img.mode == "P" and _black_and_white(np.asarray(shown)):
+        return shown, notes  # its colours already say which index is foreground (e.g. an adaptive palette)
+    # A mask stored as 0/1 (class indices): foreground is the value 1.
+    return Image.fromarray(np.where(stored == 1, 255, 0).astype(np.uint8), mode="L"), [*notes, "01"]
+
+
+def _shown_mask(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """The mask as a viewer shows it, in 8-bit L: grey levels, or alpha where the background is transparent."""
     img, notes = _normalise_mode(img)
     if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
         img = img.getchannel("A")
@@ -123,6 +140,10 @@ def _mask_to_l(img: Image.Image) -> tuple[Image.Image, list[str]]:
     if img.mode != "L":
         img = img.convert("L")
     return img, notes
+
+
+def _black_and_white(a: np.ndarray) -> bool:
+    return bool(np.isin(a, (0, 255)).all() and (a == 0).any() and (a == 255).any())
 
 
 # EXIF orientation -> the transposition that displays the stored pixels upright (as ImageOps.exif_transpose).

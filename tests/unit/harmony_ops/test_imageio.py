@@ -103,3 +103,53 @@ def test_encode_round_trip(scene, fmt):
         assert np.array_equal(back, comp)
     with pytest.raises(ValueError):
         encode_image(comp, "gif")
+
+
+def _palette_png(index: np.ndarray, colours: list[tuple[int, int, int]]) -> bytes:
+    img = Image.fromarray(index.astype(np.uint8), mode="P")
+    img.putpalette([c for rgb in colours for c in rgb])
+    return encoded(img)
+
+
+def _masks_01(mask: np.ndarray) -> dict[str, bytes]:
+    """One mask stored as 0/1 in each container segmentation tools write (issue 11, item 3)."""
+    idx = (mask > 0).astype(np.uint8)
+    m16 = Image.fromarray(idx.astype(np.uint16))
+    assert m16.mode == "I;16"
+    return {
+        "8-bit": png_bytes(idx),
+        "16-bit": encoded(m16),
+        "palette (VOC colours)": _palette_png(idx, [(0, 0, 0), (128, 0, 0)]),
+        # the index is the value, not the colour: here index 1 is drawn darker than index 0
+        "palette (index 1 darker)": _palette_png(idx, [(200, 200, 200), (20, 20, 20)]),
+    }
+
+
+@pytest.mark.parametrize("container", ["8-bit", "16-bit", "palette (VOC colours)", "palette (index 1 darker)"])
+def test_mask_stored_as_0_1_has_foreground_1(scene, container):
+    comp, mask, _ = scene
+    s = load_sample(png_bytes(comp), _masks_01(mask)[container])
+    assert np.array_equal(s.mask, (mask > 0).astype(np.float32))
+    assert "mask_01" in s.notes and "mask_binarized" not in s.notes
+    assert set(np.unique(s.mask_grey)) == {0, 255}  # what evaluate's protocol reads: 0/255, not 0/1
+
+
+def test_masks_that_are_not_0_1_read_as_before(scene):
+    comp, mask, _ = scene
+    # 16-bit 0/65535 style, scaled by the 16-bit range
+    s = load_sample(png_bytes(comp), encoded(Image.fromarray(mask.astype(np.uint16) * 257)))
+    assert np.array_equal(s.mask, (mask > 0).astype(np.float32)) and "mask_01" not in s.notes
+    # a black-and-white palette whose index 0 is white (what an adaptive palette makes): its colours say
+    # which index is foreground, as a viewer shows it
+    pal = Image.fromarray(mask).convert("RGB").quantize(2)
+    assert pal.getpalette()[:3] == [255, 255, 255] and np.asarray(pal).max() == 1
+    s = load_sample(png_bytes(comp), encoded(pal))
+    assert np.array_equal(s.mask, (mask > 0).astype(np.float32)) and "mask_01" not in s.notes
+
+
+def test_mask_stored_as_0_1_with_one_value_is_empty_or_full(scene):
+    comp, mask, _ = scene
+    for m, kind in [(np.zeros_like(mask), "empty_mask"), (np.ones_like(mask), "full_mask")]:
+        with pytest.raises(ImageError) as e:
+            load_sample(png_bytes(comp), png_bytes(m))
+        assert e.value.kind == kind
