@@ -25,7 +25,7 @@ from pipelines.io.manifest import prepare_rows, read_manifest
 from pipelines.io.storage import filesystem
 from pipelines.jobs.synthesize.job import run_synthesize
 from pipelines.core.adapter import run_batch
-from pipelines.jobs.synthesize.sources import sanitise_name
+from pipelines.jobs.synthesize.sources import load_source, sanitise_name
 from pipelines.jobs.synthesize.stage import SynthesizeStage
 from schemas.synthesis import to_arrow as params_to_arrow
 from schemas.synthesis import MANIFEST_COLUMNS
@@ -293,6 +293,18 @@ def test_stage_notes_conversions_and_fails_images_too_small_for_a_random_mask(tm
                                         mask_source="ellipse"))
     t = run_stage(random, pd.DataFrame([{"id": "b", "real": "tiny.png"}])).to_pandas()
     assert list(t["status"]) == ["failed"] and t.iloc[0]["reason"] == "too_small" and "too small" in t.iloc[0]["message"]
+
+
+def test_load_source_orients_a_tagged_real_image_with_an_upright_0_1_mask(tmp_path):
+    """The harmonize job's decoding rules hold for synthesize's inputs (load_source uses load_sample)."""
+    real, mask = scene(2)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "phone.jpg").write_bytes(enc(real, "JPEG", exif=exif.tobytes(), quality=95))
+    (tmp_path / "upright01.png").write_bytes(enc(np.ascontiguousarray(np.rot90(mask > 0, k=-1)).astype(np.uint8)))
+    src = load_source({"real": "phone.jpg", "mask": "upright01.png"}, config(str(tmp_path / "m.csv"), str(tmp_path / "out"), batch=1))
+    assert src.real.shape == (W, H, 3) and np.array_equal(src.mask, np.rot90(mask > 0, k=-1).astype(np.float32))
+    assert src.notes == ["real_exif_rotated_6", "mask_01", "exif_orientation_composite_only"]
 
 
 def test_config_from_flags_and_yaml(tmp_path):
