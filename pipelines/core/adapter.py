@@ -166,4 +166,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # address="local": always a new instance. Without it Ray joins whatever /tmp/ray/ray_current_cluster
+    # names, and a cluster that died without removing that file makes the job wait on it for ever.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=True,
+             logging_level="WARNING")
