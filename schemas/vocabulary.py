@@ -42,6 +42,7 @@ class ErrorKind(StrEnum):
     INVALID_ROW = "invalid_row"
     DUPLICATE_ID = "duplicate_id"
     DUPLICATE_NAME = "duplicate_name"
+    URI_NOT_ALLOWED = "uri_not_allowed"  # outside the manifest's storage and --allow-uri (or a redirect)
     # storage
     MISSING_OBJECT = "missing_object"
     STORAGE_ERROR = "storage_error"
