@@ -24,6 +24,8 @@ from pathlib import Path
 import fsspec
 import torch
 
+from .remote import client_options
+
 log = logging.getLogger(__name__)
 
 SAFE_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -73,7 +75,7 @@ def resolve(uri: str, storage_options: dict | None = None, cache_dir: Path | Non
         if not path.exists():
             raise CheckpointError(f"checkpoint {uri} does not exist")
         return path
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(uri, **client_options(uri, storage_options))  # HTTP(S): no redirects
     try:
         listing = _listing(fs, root)
     except FileNotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harmony_ops.imageio import ImageError
+from harmony_ops.remote import RedirectRefused
 from schemas.vocabulary import ErrorKind
 
 
@@ -21,6 +22,8 @@ def classify(exc: BaseException, fallback: ErrorKind, storage: bool = True) -> t
     """
     if isinstance(exc, ImageError):
         return exc.kind, str(exc)
+    if isinstance(exc, RedirectRefused):  # an allowed HTTP(S) source pointing elsewhere: not followed
+        return ErrorKind.URI_NOT_ALLOWED, str(exc)
     if is_out_of_memory(exc):
         return ErrorKind.OUT_OF_MEMORY, f"{type(exc).__name__}: {exc}"
     if storage and isinstance(exc, FileNotFoundError):

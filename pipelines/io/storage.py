@@ -2,7 +2,8 @@
 
 Options come from `--storage-option KEY=VALUE` (or `storage_options:` in YAML) in s3fs
 vocabulary (`endpoint_url`, `key`, `secret`, `token`, `region_name`, `anon`); the standard
-`AWS_ENDPOINT_URL` variable is honoured when no endpoint is given.
+`AWS_ENDPOINT_URL` variable is honoured when no endpoint is given. HTTP(S) clients get none of
+them, and never follow redirects (harmony_ops/remote.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 
 import fsspec
 import pyarrow.fs as pafs
+
+from harmony_ops.remote import http_options, is_http
 
 SECRET_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "password"}
 
@@ -41,6 +44,10 @@ def protocol_of(uri: str) -> str:
 
 
 def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    if is_http(uri):
+        # HTTP(S): never follow a redirect, and never send the user's options (s3fs vocabulary,
+        # credentials among them) to an HTTP host. See harmony_ops/remote.py.
+        return http_options()
     opts = dict(options or {})
     if protocol_of(uri) in ("s3", "s3a"):
         endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
