@@ -27,6 +27,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
 
 
+def _allow_uri_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-uri", action="append", metavar="PREFIX",
+                   help="let manifest rows read under PREFIX besides the manifest's own folder or bucket "
+                   "(repeatable; HTTP(S) sources and checkpoints only this way)")
+
+
 def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
     from pipelines.io.storage import parse_storage_options
 
@@ -83,6 +89,7 @@ def _harmonize_flags(a: argparse.Namespace) -> dict[str, Any]:
         max_failed_fraction=a.max_failed_fraction,
         ray_address=a.ray_address,
         pools={"model": model_pool},
+        allow_uri=a.allow_uri,
     )
     return flags
 
@@ -110,6 +117,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         limit=a.limit,
         ray_address=a.ray_address,
         storage_options=parse_storage_options(a.storage_option) or None,
+        allow_uri=a.allow_uri,
     )
     cfg = build(EvaluateJobConfig, a.config, flags)
     return run_evaluate(cfg).exit_code
@@ -134,6 +142,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         limit=a.limit,
         ray_address=a.ray_address,
         storage_options=parse_storage_options(a.storage_option) or None,
+        allow_uri=a.allow_uri,
     )
     cfg = build(SynthesizeJobConfig, a.config, flags)
     return run_synthesize(cfg).exit_code
@@ -151,7 +160,8 @@ def cmd_validate(a: argparse.Namespace) -> int:
     from pipelines.io.storage import parse_storage_options
     from pipelines.jobs.validate.job import run_validate
 
-    report = run_validate(a.manifest, parse_storage_options(a.storage_option), check_objects=not a.no_check_objects)
+    report = run_validate(a.manifest, parse_storage_options(a.storage_option), check_objects=not a.no_check_objects,
+                          allow_uri=a.allow_uri or ())
     print(report.text())
     return 0 if report.ok else 1
 
@@ -168,6 +178,12 @@ def cmd_import_iharmony4(a: argparse.Namespace) -> int:
 
     n = import_iharmony4(a.root, a.split, a.output, parse_storage_options(a.storage_option))
     print(f"wrote {n} rows to {a.output}")
+    from pipelines.io.access import AccessPolicy
+    from pipelines.io.manifest import manifest_dir, resolve_uri
+    from pipelines.io.storage import join
+
+    if not AccessPolicy(a.output).allows(resolve_uri(manifest_dir(a.output), join(a.root, "x"))):
+        print(f"its rows read under {a.root}, outside the manifest's folder: pass --allow-uri {a.root} to the jobs")
     return 0
 
 
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-failed-fraction", type=float, help="exit 3 when more rows than this fraction fail")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _model_flags(s)
+    _allow_uri_flag(s)
     s.set_defaults(func=cmd_harmonize)
 
     s = sub.add_parser("evaluate", help="score a folder of harmonized images against ground truth (iHarmony4 protocol)")
@@ -231,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    _allow_uri_flag(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("synthesize", help="make iHarmony4-style training data: perturb real images' foregrounds")
@@ -248,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    _allow_uri_flag(s)
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("report", help="write report.html (tables, plots, image grids) under an output prefix")
@@ -259,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", required=True)
     s.add_argument("--no-check-objects", action="store_true", help="only check the table, not the objects")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    _allow_uri_flag(s)
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("demo", help="build sample composites and run the whole harmonize job on them")

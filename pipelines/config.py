@@ -202,6 +202,20 @@ class JobConfig(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
     ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
+    allow_uri: list[str] = Field(
+        default_factory=list,
+        description="prefixes manifest rows (and HTTP(S) checkpoints) may read from besides the manifest's own storage "
+        "(its folder, or its bucket); HTTP(S) only under such a prefix (--allow-uri PREFIX, repeatable)",
+    )
+
+    @field_validator("allow_uri")
+    @classmethod
+    def _allow_uri(cls, v: list[str]) -> list[str]:
+        from pipelines.io.access import parse_prefix
+
+        for prefix in v:
+            parse_prefix(prefix)  # raises ValueError naming the prefix
+        return v
 
 
 class HarmonizeJobConfig(JobConfig):

@@ -17,7 +17,8 @@ from schemas.manifest import OPTIONAL, row_problems
 from schemas.vocabulary import ID_RULE, ErrorKind, Status, is_safe_name
 
 from pipelines.errors import ManifestError
-from pipelines.io.storage import arrow_filesystem, filesystem, join
+from pipelines.io.access import AccessPolicy
+from pipelines.io.storage import arrow_filesystem, filesystem, is_uri, join
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
@@ -71,8 +72,19 @@ def row_seed(seed: int, row_id: str) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF
 
 
-def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format: str, seed: int) -> pd.DataFrame:
-    """Validate, resolve URIs, mark duplicates, assign seeds and output URIs; returns the job's row table."""
+def uri_problems(out: pd.DataFrame, policy: AccessPolicy, columns=("composite", "mask", "real")) -> pd.Series:
+    """Per row, the (resolved) URIs the access policy refuses, naming the column and the URI ("" when none)."""
+    def problems(rec) -> str:
+        refused = [(c, rec[c], policy.refusal(rec[c])) for c in columns if is_uri(rec[c])]
+        return "; ".join(f"{c}: {u!r} is not allowed: {why}" for c, u, why in refused if why)
+
+    return pd.Series([problems(rec) for rec in out[list(columns)].to_dict("records")], index=out.index, dtype=object)
+
+
+def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format: str, seed: int,
+                 allow: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
+    """Validate, resolve URIs, refuse the ones outside the manifest's storage and the `allow` prefixes
+    (pipelines/io/access.py), mark duplicates, assign seeds and output URIs; returns the job's row table."""
     reasons = row_problems(df)
     # Defence in depth: the id names the output object, so it must be one plain path segment.
     # (A `$`-anchored pattern alone lets a trailing newline through.)
@@ -96,6 +108,13 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
     out.loc[bad, "status"] = Status.INVALID
     out.loc[bad, "error_type"] = ErrorKind.INVALID_ROW
     out.loc[bad, "error_message"] = reasons[bad]
+    # Where a row may read from, decided before anything is fetched.
+    refused = uri_problems(out, AccessPolicy(manifest_uri, tuple(allow))).where(~bad, "")
+    far = refused != ""
+    out.loc[far, "status"] = Status.INVALID
+    out.loc[far, "error_type"] = ErrorKind.URI_NOT_ALLOWED
+    out.loc[far, "error_message"] = refused[far]
+    bad = bad | far
     ids = out["id"].where(~bad)
     dup = ids.notna() & ids.duplicated(keep="first")
     out.loc[dup, "status"] = Status.INVALID
@@ -119,4 +138,4 @@ def load_rows(cfg, image_format: str, seed: int, need: dict[str, str] | None = N
             raise ManifestError(f"manifest {cfg.manifest} has no `{column}` column: {why}")
     if cfg.limit:
         manifest = manifest.head(cfg.limit)
-    return prepare_rows(manifest, cfg.manifest, cfg.output, image_format, seed)
+    return prepare_rows(manifest, cfg.manifest, cfg.output, image_format, seed, allow=cfg.allow_uri)

@@ -19,6 +19,7 @@ import pandas as pd
 from pipelines.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError
+from pipelines.io.access import checkpoint_refusal
 from pipelines.io.manifest import load_rows
 from pipelines.io.storage import filesystem, join
 from pipelines.io.tables import JOURNAL, METRICS_FILE, read_parquet_tree
@@ -42,8 +43,20 @@ def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
         return BASELINE_MODEL_ID, False
     from harmony_ops.checkpoints import resolve_checkpoint
 
+    check_checkpoint_sources(cfg)
     ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle)
     return ckpt.model_id, True
+
+
+def check_checkpoint_sources(cfg: HarmonizeJobConfig) -> None:
+    """Checkpoints are the operator's choice, but an HTTP(S) one needs an --allow-uri prefix (as rows do);
+    raises JobError naming the field."""
+    m = cfg.model
+    refiner = None if m.refiner in (None, "auto", "none") else m.refiner
+    for name, uri in (("model", m.model), ("unet", m.unet), ("vae", m.vae), ("refiner", refiner)):
+        why = checkpoint_refusal(uri, cfg.allow_uri)
+        if why:
+            raise JobError(f"model.{name} {uri}: {why}")
 
 
 def config_key(cfg: HarmonizeJobConfig, model_id: str) -> str:

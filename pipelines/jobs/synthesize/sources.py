@@ -13,6 +13,7 @@ from harmony_ops.inputs import load_sample
 from harmony_ops.masks import random_mask
 from harmony_ops.perturb import rng_for
 from pipelines.config import SynthesizeJobConfig
+from pipelines.io.access import policy_for
 from pipelines.io.manifest import manifest_dir, resolve_uri
 from pipelines.io.storage import is_uri, read_with_retries
 from schemas.vocabulary import ID_RULE, ErrorKind, is_safe_name
@@ -53,22 +54,31 @@ def mask_index(cfg: SynthesizeJobConfig, k: int) -> int:
     return 1 if cfg.mask_source == "given" else k
 
 
-def input_problem(rec: dict, cfg: SynthesizeJobConfig) -> str:
-    """Why an input row cannot be used (empty string when it can)."""
+def input_problem(rec: dict, cfg: SynthesizeJobConfig) -> tuple[ErrorKind, str] | None:
+    """Why an input row cannot be used, as (reason, message); None when it can. Rows are checked here,
+    on the workers (the driver never holds the input manifest), with the jobs' access policy."""
     rid = rec.get("id")
     if not isinstance(rid, str) or not rid:
-        return "id: must be a non-empty string"
+        return ErrorKind.INVALID_ROW, "id: must be a non-empty string"
     if not is_safe_name(rid):
-        return ID_RULE
+        return ErrorKind.INVALID_ROW, ID_RULE
     longest = layout(sanitise_name(rid), mask_index(cfg, cfg.per_image), cfg.per_image)["id"]
     if not is_safe_name(longest):
-        return f"id: too long for the sample ids it names (e.g. {len(longest)} characters > 200)"
+        return ErrorKind.INVALID_ROW, f"id: too long for the sample ids it names (e.g. {len(longest)} characters > 200)"
     problems = []
     if not is_uri(rec.get("real")):
         problems.append("real: must be a non-empty string (required)")
     if cfg.mask_source == "given" and not is_uri(rec.get("mask")):
         problems.append("mask: must be a non-empty string (required with --mask-source given)")
-    return "; ".join(problems)
+    if problems:
+        return ErrorKind.INVALID_ROW, "; ".join(problems)
+    policy, base = policy_for(cfg.manifest, tuple(cfg.allow_uri)), manifest_dir(cfg.manifest)
+    for column in ("real",) + (("mask",) if cfg.mask_source == "given" else ()):
+        uri = resolve_uri(base, rec[column])
+        why = policy.refusal(uri)
+        if why:
+            problems.append(f"{column}: {uri!r} is not allowed: {why}")
+    return (ErrorKind.URI_NOT_ALLOWED, "; ".join(problems)) if problems else None
 
 
 def text_cell(v) -> str | None:

@@ -81,7 +81,7 @@ class SynthesizeStage(Stage):
         source_id = common["source_id"]
         problem = input_problem(rec, cfg)
         if problem:
-            return [{**common, "status": DrawStatus.INVALID, "reason": ErrorKind.INVALID_ROW, "message": problem}]
+            return [{**common, "status": DrawStatus.INVALID, "reason": problem[0], "message": problem[1]}]
         name = sanitise_name(source_id)
         common["name"] = name
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from harmony_ops.remote import RedirectRefused
 from pipelines.io.manifest import prepare_rows, read_manifest
-from schemas.vocabulary import Status
+from schemas.vocabulary import ErrorKind, Status
 from pipelines.io.storage import filesystem, is_uri
 
 SHOW = 20
@@ -38,9 +39,12 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def run_validate(manifest: str, storage_options: dict | None = None, check_objects: bool = True, workers: int = 16) -> ValidationReport:
+def run_validate(manifest: str, storage_options: dict | None = None, check_objects: bool = True, workers: int = 16,
+                 allow_uri: tuple[str, ...] | list[str] = ()) -> ValidationReport:
+    """Rows are checked as the jobs check them, `allow_uri` included: a refused URI is an invalid row
+    and is never looked up."""
     df = read_manifest(manifest, storage_options)
-    rows = prepare_rows(df, manifest, "unused://", "png", 0)
+    rows = prepare_rows(df, manifest, "unused://", "png", 0, allow=allow_uri)
     report = ValidationReport(manifest=manifest, rows=len(rows))
     for _, r in rows[rows["status"] == Status.INVALID].iterrows():
         report.invalid.append((int(r["row"]), str(r["id"]), str(r["error_message"])))
@@ -52,12 +56,17 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
             if is_uri(r.get(col)):
                 checks.append((int(r["row"]), str(r["id"]), r[col]))
 
-    def exists(uri: str) -> bool:
+    def exists(uri: str) -> bool | str:
         fs, path = filesystem(uri, storage_options)
-        return fs.exists(path)
+        try:
+            return fs.exists(path)
+        except RedirectRefused as exc:  # an HTTP(S) source that redirects: the jobs would fail the row
+            return str(exc)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         found = list(pool.map(lambda c: exists(c[2]), checks))
     report.checked_objects = len(checks)
-    report.missing = [c for c, ok in zip(checks, found) if not ok]
+    report.missing = [c for c, ok in zip(checks, found) if ok is False]
+    report.invalid += [(row, rid, f"{ErrorKind.URI_NOT_ALLOWED}: {why}") for (row, rid, _), why in zip(checks, found)
+                       if isinstance(why, str)]
     return report

@@ -170,7 +170,10 @@ def test_import_writes_a_manifest_that_reads_back(ihd_root, tmp_path, ext):
     expected = build_manifest(str(ihd_root), "test")
     assert list(back.columns) == list(expected.columns)
     assert back.to_dict("records") == expected.to_dict("records")
-    rows = prepare_rows(back, str(out), str(tmp_path / "res"), "png", 0)
+    # The dataset lies outside the manifest's folder: its rows read from it once it is allowed.
+    refused = prepare_rows(back, str(out), str(tmp_path / "res"), "png", 0)
+    assert list(refused["error_type"]) == ["uri_not_allowed", "uri_not_allowed"]
+    rows = prepare_rows(back, str(out), str(tmp_path / "res"), "png", 0, allow=[str(ihd_root)])
     assert list(rows["status"]) == ["pending", "pending"]
     # absolute paths from the importer are kept as they are
     assert list(rows["composite"]) == list(expected["composite"])
@@ -190,3 +193,12 @@ def test_import_cli(ihd_root, tmp_path, capsys):
     assert main(["import-iharmony4", str(ihd_root), "--split", "train", "-o", str(out)]) == 0
     assert "wrote 1 rows" in capsys.readouterr().out
     assert list(read_manifest(str(out))["id"]) == ["c1_2_3"]
+
+
+def test_import_cli_says_when_the_jobs_need_allow_uri(ihd_root, tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["import-iharmony4", str(ihd_root), "--split", "train", "-o", str(tmp_path / "m.csv")]) == 0
+    assert "--allow-uri" not in capsys.readouterr().out  # the dataset lies under the manifest's folder
+    assert main(["import-iharmony4", str(ihd_root), "--split", "train", "-o", str(tmp_path / "elsewhere" / "m.csv")]) == 0
+    assert f"pass --allow-uri {ihd_root} to the jobs" in capsys.readouterr().out

@@ -161,7 +161,9 @@ def test_relative_uris_resolve_against_the_local_manifest_folder(tmp_path):
 
 def test_relative_uris_resolve_against_an_s3_manifest():
     df = frame(["x"], composite=["comp/x.png"], mask=["masks/x.png"], real=["https://host/r/x.jpg"])
-    rows = prepare_rows(df, "s3://bucket/dir/manifest.csv", "s3://bucket/out", "png", 0)
+    # (an HTTP(S) source needs an allowed prefix: pipelines/io/access.py)
+    rows = prepare_rows(df, "s3://bucket/dir/manifest.csv", "s3://bucket/out", "png", 0, allow=["https://host/r"])
+    assert rows.loc[0, "status"] == "pending"
     assert rows.loc[0, "composite"] == "s3://bucket/dir/comp/x.png"
     assert rows.loc[0, "mask"] == "s3://bucket/dir/masks/x.png"
     assert rows.loc[0, "real"] == "https://host/r/x.jpg"
