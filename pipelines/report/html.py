@@ -30,7 +30,7 @@ from harmony_ops.inputs import load_sample
 from pipelines.report import svg as svg_plots
 from pipelines.io.storage import join, read_with_retries, write_bytes_atomic
 from pipelines.io.tables import METRICS_FILE, SUMMARY_FILE, read_parquet_tree
-from schemas.vocabulary import BAD, DONE, FG_BUCKETS, IHARMONY4_SUBSETS
+from schemas.vocabulary import BAD, DONE, FG_BUCKETS, IHARMONY4_SUBSETS, Status
 
 REPORT_FILE = "report.html"
 TABLE_METRICS = (("MSE", "mse"), ("PSNR", "psnr"), ("fMSE", "fmse"))
@@ -425,7 +425,8 @@ def build_report(df: pd.DataFrame, summary: dict, prefix: str, options: dict | N
     df = df.reset_index(drop=True)
     cases = select_cases(df)
     shown = [i for part in cases.values() for i in part.index]
-    failed = [i for part in failed_rows(df).values() for i in part.index[:FAILED_THUMBS]]
+    # Thumbnails of failed rows only: an invalid row was never read (its URIs may be refused ones).
+    failed = [i for part in failed_rows(df).values() for i in part.index[part["status"] == Status.FAILED][:FAILED_THUMBS]]
     with ThreadPoolExecutor(max_workers=8) as pool:
         case_f = {i: pool.submit(case_images, df.loc[i].to_dict(), options, max_pixels, retries) for i in shown}
         fail_f = {i: pool.submit(composite_thumbnail, df.at[i, "composite"], options, max_pixels, retries) for i in failed}
