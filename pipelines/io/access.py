@@ -181,7 +181,7 @@ def parse_prefix(prefix: str) -> list[Location]:
 
 
 def _folder(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/" if "/" in path else "."
+    return (path.rsplit("/", 1)[0] or "/") if "/" in path else "."
 
 
 def storage_root(manifest_uri: str) -> list[Location] | None:
