@@ -111,6 +111,14 @@ def pending(batch: pd.DataFrame) -> pd.Series:
     return batch["status"] == Status.PENDING
 
 
+def cell(row: pd.Series, column: str):
+    """`row[column]`, or None where the cell is null. Ray Data hands an Arrow null to pandas as
+    `pd.NA` (and pandas readers give NaN), which is neither None nor usable as a truth value: a
+    row without an optional value (e.g. no ground truth) must read as None, not fail."""
+    v = row[column]
+    return None if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)) else v
+
+
 def set_values(batch: pd.DataFrame, i, values: dict) -> None:
     """Write one row's values (a stage's result for row `i`) into its declared columns."""
     for k, v in values.items():

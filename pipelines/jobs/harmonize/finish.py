@@ -13,7 +13,7 @@ from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
 from pipelines.config import HarmonizeJobConfig
-from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
+from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
 from pipelines.jobs.harmonize.decode import ENCODED
 from pipelines.jobs.row_metrics import ROW_METRICS, row_metrics
@@ -55,7 +55,9 @@ class FinishStage(Stage):
                          f"name directly under {join(self.cfg.output, 'images')}")
                 continue
             try:
-                sample = load_sample(row["comp_bytes"], row["mask_bytes"], row["real_bytes"], max_pixels=self.cfg.max_pixels)
+                # A row without ground truth: no `real_bytes` (a null cell), no-reference metrics only.
+                sample = load_sample(row["comp_bytes"], row["mask_bytes"], cell(row, "real_bytes"),
+                                     max_pixels=self.cfg.max_pixels)
                 box = plan_from_columns(row).region
                 region = unpack(row["result_rgb"], box[3] - box[1], box[2] - box[0])
                 out = finish(sample.composite, sample.mask, box, region, self.cfg.resolution.feather)

@@ -13,7 +13,7 @@ import pytest
 from harmony_ops.imageio import ImageError
 from pipelines.core.adapter import _named, _Task, _Worker, bind, plan_columns, run_batch
 from pipelines.core.failures import classify
-from pipelines.core.stage import PoolConfig, Stage, pending, set_values
+from pipelines.core.stage import PoolConfig, Stage, cell, pending, set_values
 from pipelines.errors import StageContractError
 from schemas.vocabulary import ErrorKind, Status
 
@@ -118,3 +118,10 @@ def test_cpu_stage_modules_never_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cell_reads_every_null_as_none():
+    # Ray Data hands Arrow nulls to pandas as pd.NA; pandas readers give NaN or None.
+    row = pd.Series({"a": pd.NA, "b": float("nan"), "c": None, "d": b"bytes", "e": "uri", "f": 0})
+    assert [cell(row, k) for k in "abc"] == [None, None, None]
+    assert (cell(row, "d"), cell(row, "e"), cell(row, "f")) == (b"bytes", "uri", 0)
