@@ -60,18 +60,24 @@ def _ordered_subsets(names) -> list[str]:
 
 def paper_table(metrics: dict, compare: dict | None = None) -> dict:
     """The paper's layout from `aggregate()` blocks: rows per subset then All (and per foreground
-    bucket), columns MSE / PSNR / fMSE for the prediction, the composite (and the compare method)."""
+    bucket), columns MSE / PSNR / fMSE for the prediction, the composite (and the compare method).
+    Each row also says, per group and column, how many rows are in the mean (`n`) and how many
+    had an infinite value left out of it (`infinite`); None where the summary predates them."""
 
-    def cells(block: dict | None, prefix: str = "") -> dict:
+    def cells(block: dict | None, prefix: str = "", suffix: str = "") -> dict:
         block = block or {}
-        return {label: block.get(prefix + key) for label, key in TABLE_METRICS}
+        return {label: block.get(prefix + key + suffix) for label, key in TABLE_METRICS}
 
     def row(name: str, block: dict | None, other: dict | None) -> dict:
         r = {"name": name, "count": int((block or {}).get("count") or 0),
-             "prediction": cells(block), "composite": cells(block, "composite_")}
+             "prediction": cells(block), "composite": cells(block, "composite_"),
+             "n": {"prediction": cells(block, "", "_count"), "composite": cells(block, "composite_", "_count")},
+             "infinite": {"prediction": cells(block, "", "_infinite"), "composite": cells(block, "composite_", "_infinite")}}
         if compare is not None:
             r["compare"] = cells(other)
             r["compare_count"] = int((other or {}).get("count") or 0)
+            r["n"]["compare"] = cells(other, "", "_count")
+            r["infinite"]["compare"] = cells(other, "", "_infinite")
         return r
 
     metrics = metrics or {}
@@ -85,9 +91,22 @@ def paper_table(metrics: dict, compare: dict | None = None) -> dict:
 
 
 def _num(v, digits: int = 2) -> str:
+    if isinstance(v, (int, float)) and math.isinf(v):
+        return "∞" if v > 0 else "−∞"
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
     return f"{v:.{digits}f}"
+
+
+def _cell(v, n, infinite, total: int, digits: int = 2) -> str:
+    """A mean for the page, with how many rows it is over when fewer than the row's N (rows without
+    ground truth have no ground-truth metrics) and how many infinite values it leaves out."""
+    notes = []
+    if n is not None and n != total:
+        notes.append(f"n={int(n)}")
+    if infinite:
+        notes.append(f"+{int(infinite)} ∞")
+    return esc(_num(v, digits)) + (f' <span class="n">({esc(", ".join(notes))})</span>' if notes else "")
 
 
 def table_text(table: dict) -> str:
@@ -114,7 +133,10 @@ def _html_table(rows: list[dict], columns: list[str], table_id: str, first: str)
     for r in rows:
         cls = ' class="all"' if r["name"] == "All" else ""
         out.append(f"<tr{cls}><th scope=\"row\">{esc(r['name'])}</th><td>{r['count']}</td>")
-        out += [f"<td>{_num(r[g][c])}</td>" for g, _ in groups for c in columns]
+        n, inf = r.get("n") or {}, r.get("infinite") or {}
+        total = {g: r["compare_count"] if g == "compare" else r["count"] for g, _ in groups}
+        out += [f"<td>{_cell(r[g][c], (n.get(g) or {}).get(c), (inf.get(g) or {}).get(c), total[g])}</td>"
+                for g, _ in groups for c in columns]
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -124,17 +146,22 @@ def _all_metrics_table(summary: dict) -> str:
     a = (summary.get("metrics") or {}).get("all") or {}
     cmp = ((summary.get("compare") or {}).get("metrics") or {}).get("all")
     head = "<tr><th>metric</th><th>prediction</th><th>composite</th>" + ("<th>compare</th>" if cmp is not None else "") + "</tr>"
+
+    def cell(block: dict, key: str, digits: int) -> str:
+        return _cell(block.get(key), block.get(f"{key}_count"), block.get(f"{key}_infinite"),
+                     int(block.get("count") or 0), digits)
+
     body = []
     for label, key in ALL_METRICS:
         digits = 4 if key == "ssim" else 2
-        cells = [_num(a.get(key), digits), _num(a.get(f"composite_{key}"), digits)]
+        cells = [cell(a, key, digits), cell(a, f"composite_{key}", digits)]
         if cmp is not None:
-            cells.append(_num(cmp.get(key), digits) if key in ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim") else "—")
+            cells.append(cell(cmp, key, digits) if key in ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim") else "—")
         body.append(f"<tr><th scope=\"row\">{esc(label)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     for label, key in (("Foreground change ΔE (Lab)", "delta_e_fg"), ("fg/bg colour gap, composite", "stat_gap_before"),
                        ("fg/bg colour gap, prediction", "stat_gap_after")):
         if a.get(key) is not None:
-            body.append(f"<tr><th scope=\"row\">{esc(label)}</th><td>{_num(a.get(key))}</td><td>—</td>"
+            body.append(f"<tr><th scope=\"row\">{esc(label)}</th><td>{cell(a, key, 2)}</td><td>—</td>"
                         + ("<td>—</td>" if cmp is not None else "") + "</tr>")
     return f'<table class="paper" id="table-all-metrics"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -286,6 +313,7 @@ color:#888;font-size:11px;display:flex;align-items:center;justify-content:center
 .failed td{text-align:left;vertical-align:top}.failed img{max-width:160px;max-height:160px}
 .legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
 background:linear-gradient(to right,rgb(0,0,4),rgb(87,16,110),rgb(188,55,84),rgb(249,142,9),rgb(252,255,164))}
+.n{color:#666;font-size:11px;white-space:nowrap}
 .msg{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:640px}
 """
 
@@ -385,8 +413,10 @@ def render_html(df: pd.DataFrame, summary: dict, prefix: str, case_thumbs: dict 
     delta = ""
     if compare.get("delta"):
         d = compare["delta"].get("all") or {}
-        delta = (f"<p>Compare method minus prediction, mean per image over {int(d.get('count') or 0)} rows: "
-                 f"ΔPSNR {_num(d.get('delta_psnr'))} dB, ΔfMSE {_num(d.get('delta_fmse'))}.</p>")
+        n = lambda k: int(d.get(f"{k}_count", d.get("count")) or 0)  # noqa: E731 - the finite deltas
+        delta = (f"<p>Compare method minus prediction, mean per image over the rows where both are finite: "
+                 f"ΔPSNR {_num(d.get('delta_psnr'))} dB ({n('delta_psnr')} rows), "
+                 f"ΔfMSE {_num(d.get('delta_fmse'))} ({n('delta_fmse')} rows).</p>")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">',
@@ -394,7 +424,9 @@ def render_html(df: pd.DataFrame, summary: dict, prefix: str, case_thumbs: dict 
         "<h1>Harmonization report</h1>",
         f'<p class="meta">{" · ".join(meta)}</p>',
         '<h2 id="results-by-subset">Results by subset</h2>',
-        "<p>iHarmony4 protocol at 256 px, mean per image over ok rows; MSE and fMSE lower is better, PSNR higher.</p>",
+        "<p>iHarmony4 protocol at 256 px, mean per image over ok rows; MSE and fMSE lower is better, PSNR higher. "
+        "(n=K): the mean is over K rows, fewer than N (rows without ground truth have no ground-truth metrics); "
+        "(+K ∞): K rows had an infinite value (an image identical to its ground truth), left out of the mean.</p>",
         _html_table(table["rows"], table["columns"], "table-subsets", "Subset"),
         '<h2 id="results-by-foreground-ratio">Results by foreground ratio</h2>',
         _html_table(table["fg_buckets"], table["columns"], "table-buckets", "Foreground"),

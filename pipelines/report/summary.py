@@ -13,11 +13,20 @@ from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, SECOND
 from schemas.vocabulary import DONE, FG_BUCKETS, Status
 
 
+def _finite(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
 
 def _mean(s: pd.Series) -> float | None:
-    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else None
+    return metric_stats(s)[0]
+
+
+def metric_stats(s: pd.Series) -> tuple[float | None, int, int]:
+    """(mean over the finite values or None, how many finite values, how many infinite ones).
+    Null cells (a row without the metric, e.g. without ground truth) are in neither count."""
+    v = _finite(s)
+    finite = v[np.isfinite(v)]
+    return (float(finite.mean()) if finite.size else None), int(finite.size), int(np.isinf(v).sum())
 
 
 def _max(s: pd.Series | None) -> float | None:
@@ -29,11 +38,14 @@ def _max(s: pd.Series | None) -> float | None:
 
 
 def metric_block(df: pd.DataFrame) -> dict[str, Any]:
-    """Means of every metric over rows that have it (the paper averages per image)."""
+    """Means of every metric over the rows that have it (the paper averages per image). `count`: the
+    block's rows; `<metric>_count`: the rows in `<metric>`'s mean (rows without ground truth have no
+    ground-truth metrics); `<metric>_infinite`: rows whose value is infinite (the PSNR of an image
+    identical to its ground truth), left out of the mean and counted here, so the JSON stays valid."""
     out: dict[str, Any] = {"count": int(len(df))}
     for m in GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS:
         if m in df.columns:
-            out[m] = _mean(df[m])
+            out[m], out[f"{m}_count"], out[f"{m}_infinite"] = metric_stats(df[m])
     return out
 
 
@@ -100,6 +112,11 @@ def _json_safe(x):
     return x
 
 
+def _fmt(block: dict, key: str, digits: int, unit: str = "") -> str:
+    v = block.get(key)  # None: no finite value (none at all, or only infinite ones, counted below)
+    return "n/a" if v is None else f"{v:.{digits}f}{unit}"
+
+
 def headline(summary: dict) -> str:
     """A few lines for the terminal."""
     c = summary["counts"]
@@ -111,14 +128,20 @@ def headline(summary: dict) -> str:
     if summary["errors_by_type"]:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_type"].items()))
     a = summary["metrics"]["all"]
-    if a.get("psnr") is not None:
+    # MSE is always finite: its count is the rows scored against ground truth.
+    scored = a.get("mse_count", a["count"] if a.get("mse") is not None else 0)
+    if scored:
+        f = lambda k, d, u="": _fmt(a, k, d, u)  # noqa: E731
         lines.append(
-            f"vs ground truth (256 px): PSNR {a['psnr']:.2f} dB (composite {a['composite_psnr']:.2f}), "
-            f"fMSE {a['fmse']:.1f} (composite {a['composite_fmse']:.1f}), MSE {a['mse']:.1f} (composite {a['composite_mse']:.1f})"
+            f"vs ground truth (256 px), {scored} of {a['count']} rows: PSNR {f('psnr', 2, ' dB')} (composite {f('composite_psnr', 2)}), "
+            f"fMSE {f('fmse', 1)} (composite {f('composite_fmse', 1)}), MSE {f('mse', 1)} (composite {f('composite_mse', 1)})"
         )
+        infinite = [f"{m} {a[f'{m}_infinite']}" for m in GT_METRICS + COMPOSITE_METRICS if a.get(f"{m}_infinite")]
+        if infinite:
+            lines.append("infinite (image identical to its ground truth), left out of the means: " + ", ".join(infinite))
     if a.get("delta_e_fg") is not None:
         lines.append(
-            f"no-reference: foreground change dE {a['delta_e_fg']:.2f}, fg/bg colour gap "
-            f"{a['stat_gap_before']:.2f} -> {a['stat_gap_after']:.2f}"
+            f"no-reference over {a.get('delta_e_fg_count', a['count'])} rows: foreground change dE {_fmt(a, 'delta_e_fg', 2)}, "
+            f"fg/bg colour gap {_fmt(a, 'stat_gap_before', 2)} -> {_fmt(a, 'stat_gap_after', 2)}"
         )
     return "\n".join(lines)

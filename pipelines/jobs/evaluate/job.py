@@ -95,9 +95,10 @@ def compare_summary(metrics: pd.DataFrame, folder: str) -> dict:
     def deltas(part: pd.DataFrame) -> dict:
         out = {"count": int(len(part))}
         for c in ("delta_psnr", "delta_fmse"):
-            v = part[c].to_numpy(dtype=float)
-            v = v[np.isfinite(v)]
+            v = pd.to_numeric(part[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            v = v[np.isfinite(v)]  # null where either side is not finite (e.g. an infinite PSNR)
             out[c] = float(v.mean()) if v.size else None
+            out[f"{c}_count"] = int(v.size)
         return out
 
     subsets = done["subset"].fillna("(none)")

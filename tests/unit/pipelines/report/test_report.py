@@ -140,6 +140,28 @@ def test_paper_table_order_and_missing_values():
     assert "compare" in text and "—" in text and text.splitlines()[-4].startswith("All")
 
 
+def test_tables_say_how_many_rows_a_mean_is_over_and_how_many_were_infinite():
+    block = {"count": 4, "mse": 2.0, "mse_count": 2, "mse_infinite": 0, "psnr": None, "psnr_count": 0, "psnr_infinite": 2,
+             "fmse": 8.0, "fmse_count": 2, "fmse_infinite": 0, "composite_mse": 3.0, "composite_mse_count": 4,
+             "composite_psnr": 30.0, "composite_psnr_count": 3, "composite_psnr_infinite": 1}
+    metrics = {"all": block, "by_subset": {"S": block}, "by_fg_bucket": {}}
+    t = paper_table(metrics)
+    r = t["rows"][-1]
+    assert r["n"]["prediction"] == {"MSE": 2, "PSNR": 0, "fMSE": 2} and r["infinite"]["composite"]["PSNR"] == 1
+    assert r["n"]["composite"]["fMSE"] is None  # a summary without the count: nothing claimed
+    summary = {"metrics": metrics, "counts": {"ok": 4}, "rows": 4}
+    html = render_html(pd.DataFrame({"id": [], "row": [], "status": [], "fmse": []}), summary, prefix="/out")
+    cells = re.findall(r"<td>(.*?)</td>", html[html.index('id="table-subsets"'):html.index('id="table-buckets"')])
+    assert cells[:7] == ["4", '2.00 <span class="n">(n=2)</span>', '— <span class="n">(n=0, +2 ∞)</span>',
+                         '8.00 <span class="n">(n=2)</span>', "3.00", '30.00 <span class="n">(n=3, +1 ∞)</span>', "—"]
+    assert '— <span class="n">(n=0, +2 ∞)</span>' in html[html.index('id="table-all-metrics"'):]
+    # an old summary (no counts) renders as before
+    old = {k: v for k, v in block.items() if not k.endswith(("_count", "_infinite"))}
+    html = render_html(pd.DataFrame({"id": [], "row": [], "status": [], "fmse": []}),
+                       {"metrics": {"all": old, "by_subset": {}, "by_fg_bucket": {}}}, prefix="/out")
+    assert 'class="n"' not in html
+
+
 def test_heat_map_scale_and_size():
     real = np.zeros((300, 600, 3), np.uint8)
     same = heat_map(real, real)

@@ -1,6 +1,7 @@
 """The metrics table schema, the summary's aggregation, and the job's configuration key."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from pipelines.cli import _harmonize_flags, build_parser
 from pipelines.config import HarmonizeJobConfig, ModelConfig, build
 from pipelines.jobs.harmonize.job import config_key
 from pipelines.core.run import JobRun
-from pipelines.report.summary import aggregate, build_summary
+from pipelines.report.summary import aggregate, build_summary, headline
 from schemas.metrics import COLUMNS, conform, to_arrow
 
 
@@ -66,6 +67,34 @@ def test_aggregate_in_the_papers_layout():
     assert agg["by_fg_bucket"]["0-5%"]["count"] == 1 and agg["by_fg_bucket"]["5-15%"]["count"] == 0
     assert agg["by_fg_bucket"]["5-15%"]["psnr"] is None
     assert agg["by_subset_and_fg_bucket"]["S2"]["15-100%"]["psnr"] == 40.0
+
+
+def test_means_say_how_many_rows_they_are_over_and_count_infinite_values():
+    df = rows()
+    df.loc[0, "composite_psnr"] = math.inf  # a composite identical to its ground truth
+    df.loc[1, ["mse", "fmse"]] = [4.0, None]  # a row with ground truth, one metric missing
+    df.loc[0, "mse"] = None
+    a = aggregate(conform(df))["all"]
+    assert a["count"] == 2 and a["psnr_count"] == 2 and a["psnr_infinite"] == 0
+    assert a["composite_psnr"] == 35.0 and a["composite_psnr_count"] == 1 and a["composite_psnr_infinite"] == 1
+    assert a["fmse"] == 100.0 and a["fmse_count"] == 1 and a["mse_count"] == 1
+    assert a["ssim"] is None and a["ssim_count"] == 0 and a["ssim_infinite"] == 0  # no row has it
+    df.loc[1, "composite_psnr"] = math.inf
+    s = build_summary(conform(df), 1.0, 1, {})
+    assert s["metrics"]["all"]["composite_psnr"] is None and s["metrics"]["all"]["composite_psnr_infinite"] == 2
+    json.loads(json.dumps(s, allow_nan=False))  # valid JSON: no NaN or Infinity anywhere
+    text = headline(s)  # once crashed: None passed to a number format
+    assert "vs ground truth (256 px), 1 of 2 rows: PSNR 35.00 dB (composite n/a)" in text
+    assert "left out of the means: composite_psnr 2" in text
+
+
+def test_headline_without_ground_truth_or_metrics():
+    df = rows()
+    df[["psnr", "composite_psnr", "fmse", "composite_fmse"]] = None
+    df["delta_e_fg"] = [1.5, None, None, None]
+    text = headline(build_summary(conform(df), 1.0, 1, {}))
+    assert "vs ground truth" not in text and "no-reference over 1 rows: foreground change dE 1.50" in text
+    assert "colour gap n/a -> n/a" in text
 
 
 # Raw credentials in every place s3fs accepts them; each value is unique so a leak names itself.
