@@ -25,6 +25,7 @@ from pipelines.io.storage import filesystem
 from schemas.metrics import COMPARE_METRICS, Metrics
 from tests.conftest import upload_dir
 from tests.pipeline.conftest import enc, make_scene
+from tests.pipeline.stores import STORES, make_store
 from tests.unit.harmony_ops.test_metrics import _reference
 
 pytestmark = pytest.mark.pipeline
@@ -288,3 +289,56 @@ def test_list_and_match_predictions(tmp_path: Path):
     assert folder.endswith("run/images") and list(names) == ["k.webp"]
     with pytest.raises(JobError, match="does not exist"):
         list_predictions(str(tmp_path / "nope"), {})
+
+
+# --- perfect predictions: infinite PSNR ---------------------------------------------------------
+
+
+def _strict_json(data: bytes) -> dict:
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(data, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("where", STORES)
+def test_predictions_identical_to_the_ground_truth_with_compare(ray_local, tmp_path, request, capsys, where):
+    """p0: prediction == ground truth, compare == composite; p1: both == ground truth. Infinite PSNRs
+    stay per row, are counted and left out of the means; deltas against them are null; nothing crashes."""
+    store = make_store(where, tmp_path, request)
+    for k in range(2):
+        comp, mask, real = make_scene(20 + k, h=32, w=40, ratio=0.3)
+        store.put(f"data/comp/p{k}.png", enc(comp))
+        store.put(f"data/mask/p{k}.png", enc(mask))
+        store.put(f"data/real/p{k}.png", enc(real))
+        store.put(f"preds/p{k}.png", enc(real))
+        store.put(f"other/p{k}.png", enc(comp if k == 0 else real))
+    store.put("data/manifest.csv", b"id,composite,mask,real\n"
+              + b"".join(f"p{k},comp/p{k}.png,mask/p{k}.png,real/p{k}.png\n".encode() for k in range(2)))
+    r = store.root
+    code = cli_main(["evaluate", "--manifest", f"{r}/data/manifest.csv", "--predictions", f"{r}/preds",
+                     "--compare", f"{r}/other", "--output", f"{r}/out", *store.flags])
+    out = capsys.readouterr().out
+    assert code == 0
+    m = pd.read_parquet(io.BytesIO(store.read("out/metrics/metrics.parquet"))).set_index("id")
+    assert (m["status"] == "ok").all() and (m["mse"] == 0).all() and np.isinf(m["psnr"]).all() and np.isinf(m["fpsnr"]).all()
+    assert np.isfinite(m.at["p0", "compare_psnr"]) and np.isinf(m.at["p1", "compare_psnr"])
+    assert m["delta_psnr"].isna().all()  # compare minus an infinite PSNR: not finite, null
+    assert m.at["p0", "delta_fmse"] == pytest.approx(m.at["p0", "compare_fmse"]) and m.at["p1", "delta_fmse"] == 0
+
+    s = _strict_json(store.read("out/summary.json"))
+    a = s["metrics"]["all"]
+    assert a["psnr"] is None and a["psnr_count"] == 0 and a["psnr_infinite"] == 2 and a["fpsnr_infinite"] == 2
+    assert a["mse"] == 0.0 and a["mse_count"] == 2 and a["composite_psnr_count"] == 2 and a["composite_psnr_infinite"] == 0
+    c = s["compare"]
+    assert c["metrics"]["all"]["psnr"] == pytest.approx(m.at["p0", "compare_psnr"]) and c["metrics"]["all"]["psnr_infinite"] == 1
+    assert c["delta"]["all"]["delta_psnr"] is None and c["delta"]["all"]["delta_psnr_count"] == 0
+    assert c["delta"]["all"]["delta_fmse_count"] == 2
+    all_row = s["table"]["rows"][-1]
+    assert all_row["prediction"]["PSNR"] is None and all_row["infinite"]["prediction"]["PSNR"] == 2
+    assert all_row["n"]["compare"]["PSNR"] == 1 and all_row["infinite"]["compare"]["PSNR"] == 1
+
+    assert "vs ground truth (256 px), 2 of 2 rows: PSNR n/a" in out
+    assert "left out of the means: psnr 2, fpsnr 2, psnr_full 2" in out
+    html = store.read("out/report.html").decode()
+    assert "(n=0, +2 ∞)" in html and "(n=1, +1 ∞)" in html and "ΔPSNR — dB (0 rows)" in html
+    assert "PSNR ∞" in html  # the example grid's captions

@@ -12,12 +12,14 @@ import pytest
 from PIL import Image
 
 from harmony_ops.inputs import load_sample
+from pipelines.cli import main as cli_main
 from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import arrow_filesystem, filesystem
-from schemas.metrics import Metrics
+from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, Metrics
 from tests.conftest import upload_dir
-from tests.pipeline.conftest import write_dataset
+from tests.pipeline.conftest import enc, make_scene, write_dataset
+from tests.pipeline.stores import STORES, make_store
 
 pytestmark = pytest.mark.pipeline
 
@@ -141,3 +143,97 @@ def test_max_failed_fraction_gives_a_nonzero_exit(ray_local, tmp_path):
                              pools=pools(2), max_failed_fraction=0.2)
     r = run_harmonize(cfg, echo=quiet)
     assert r.exit_code == 3 and (r.metrics["status"] == "failed").sum() == 1
+
+
+# --- inputs real catalogs contain: ground truth on some rows only, images identical to it ----------
+
+# The rows without ground truth, as each format writes "not given": a parquet null (from None and
+# from pandas' NaN), an empty CSV cell, a missing JSON Lines key and a JSON null.
+PARTIAL = (("g0", "A", True), ("n1", "A", False), ("g2", "B", True), ("n3", "B", False))
+
+
+def _partial_manifest(fmt: str) -> bytes:
+    rows = [dict(id=i, composite=f"comp/{i}.png", mask=f"mask/{i}.png", real=f"real/{i}.png" if gt else None,
+                 subset=subset) for i, subset, gt in PARTIAL]
+    if fmt == "parquet":
+        df = pd.DataFrame(rows)
+        df.loc[3, "real"] = np.nan
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    if fmt == "csv":
+        lines = ["id,composite,mask,real,subset"] + [f"{r['id']},{r['composite']},{r['mask']},{r['real'] or ''},{r['subset']}"
+                                                     for r in rows]
+        return ("\n".join(lines) + "\n").encode()
+    del rows[1]["real"]  # JSON Lines: a missing key, then an explicit null
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _strict_json(data: bytes) -> dict:
+    """JSON as any parser reads it: no NaN or Infinity tokens."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(data, parse_constant=refuse)
+
+
+def _cli_harmonize(store, manifest: str, capsys) -> tuple[int, str]:
+    code = cli_main(["harmonize", "--engine", "baseline", "--manifest", f"{store.root}/data/{manifest}",
+                     "--output", f"{store.root}/out", *store.flags])
+    return code, capsys.readouterr().out
+
+
+# Each format once at least on each store; parquet (read through pyarrow's clients) on both.
+@pytest.mark.parametrize(("fmt", "where"), [("parquet", "local"), ("parquet", "s3"), ("csv", "local"), ("jsonl", "s3")])
+def test_rows_without_ground_truth_are_ok_with_no_reference_metrics(ray_local, tmp_path, request, capsys, fmt, where):
+
+    store = make_store(where, tmp_path, request)
+    for k, (i, _, _) in enumerate(PARTIAL):
+        comp, mask, real = make_scene(k, h=32, w=40, ratio=0.3)
+        store.put(f"data/comp/{i}.png", enc(comp))
+        store.put(f"data/mask/{i}.png", enc(mask))
+        store.put(f"data/real/{i}.png", enc(real))
+    store.put(f"data/manifest.{fmt}", _partial_manifest(fmt))
+    code, out = _cli_harmonize(store, f"manifest.{fmt}", capsys)
+    assert code == 0
+    m = pd.read_parquet(io.BytesIO(store.read("out/metrics/metrics.parquet")))
+    Metrics.validate(m)
+    assert list(m["status"]) == ["ok"] * 4, m[["id", "error_type", "error_message"]].to_string()
+    gt = m["id"].isin(["g0", "g2"])
+    assert np.isfinite(m.loc[gt, list(GT_METRICS + COMPOSITE_METRICS)].to_numpy(dtype=float)).all()  # the full protocol
+    assert m.loc[~gt, list(GT_METRICS + COMPOSITE_METRICS)].isna().all().all()  # none without ground truth
+    assert m.loc[~gt, "real"].isna().all()
+    assert np.isfinite(m[list(NOREF_METRICS)].to_numpy(dtype=float)).all()  # every row: no-reference metrics
+
+    s = _strict_json(store.read("out/summary.json"))
+    a = s["metrics"]["all"]
+    assert a["count"] == 4 and a["psnr_count"] == 2 and a["composite_fmse_count"] == 2 and a["delta_e_fg_count"] == 4
+    assert a["psnr"] == pytest.approx(m.loc[gt, "psnr"].mean(), rel=1e-12)
+    assert a["psnr_infinite"] == 0
+    b = s["metrics"]["by_subset"]["B"]
+    assert b["count"] == 2 and b["fmse_count"] == 1 and b["fmse"] == pytest.approx(m.set_index("id").at["g2", "fmse"])
+    assert "vs ground truth (256 px), 2 of 4 rows" in out and "no-reference over 4 rows" in out
+    html = store.read("out/report.html").decode()
+    assert "(n=2)" in html and "(n=1)" in html  # All, and each subset: the means say how many rows they are over
+
+
+@pytest.mark.parametrize("where", STORES)
+def test_a_composite_identical_to_its_ground_truth(ray_local, tmp_path, request, capsys, where):
+    """Its composite_* PSNRs are infinite: stored as such per row, counted and left out of the means."""
+
+    store = make_store(where, tmp_path, request)
+    comp, mask, _ = make_scene(7, h=32, w=40, ratio=0.3)
+    store.put("data/comp/same.png", enc(comp))
+    store.put("data/mask/same.png", enc(mask))
+    store.put("data/manifest.csv", b"id,composite,mask,real\nsame,comp/same.png,mask/same.png,comp/same.png\n")
+    code, out = _cli_harmonize(store, "manifest.csv", capsys)
+    assert code == 0
+    m = pd.read_parquet(io.BytesIO(store.read("out/metrics/metrics.parquet"))).iloc[0]
+    assert m["status"] == "ok" and m["composite_mse"] == 0 and np.isinf(m["composite_psnr"]) and np.isinf(m["composite_fpsnr"])
+    assert np.isfinite(m["psnr"])  # the baseline changed the foreground
+    a = _strict_json(store.read("out/summary.json"))["metrics"]["all"]
+    assert a["composite_psnr"] is None and a["composite_psnr_count"] == 0 and a["composite_psnr_infinite"] == 1
+    assert a["composite_psnr_full_infinite"] == 1 and a["composite_mse"] == 0.0 and a["psnr"] == pytest.approx(m["psnr"])
+    assert "PSNR n/a" not in out and "(composite n/a)" in out  # the headline is printed, n/a where no finite value
+    assert "left out of the means: composite_psnr 1, composite_fpsnr 1, composite_psnr_full 1" in out
+    html = store.read("out/report.html").decode()
+    assert "(n=0, +1 ∞)" in html
