@@ -17,3 +17,11 @@ class ManifestError(JobError, ValueError):
 
 class StageContractError(TypeError):
     """A stage read a column nothing before it writes, or wrote one it did not declare: a bug, not bad input."""
+
+
+class LeaseHeld(JobError):
+    """Another run holds the output prefix's lease: this run refuses to start (the message names it)."""
+
+
+class LeaseLost(JobError):
+    """This run's lease was taken over (`--force`) or removed while it ran: it stops before consolidating."""
