@@ -88,6 +88,7 @@ def _harmonize_flags(a: argparse.Namespace) -> dict[str, Any]:
         resume=False if a.no_resume else None,
         max_failed_fraction=a.max_failed_fraction,
         ray_address=a.ray_address,
+        force=a.force or None,
         pools={"model": model_pool},
         allow_uri=a.allow_uri,
     )
@@ -116,6 +117,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         report=False if a.no_report else None,
         limit=a.limit,
         ray_address=a.ray_address,
+        force=a.force or None,
         storage_options=parse_storage_options(a.storage_option) or None,
         allow_uri=a.allow_uri,
     )
@@ -141,6 +143,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         seed=a.seed,
         limit=a.limit,
         ray_address=a.ray_address,
+        force=a.force or None,
         storage_options=parse_storage_options(a.storage_option) or None,
         allow_uri=a.allow_uri,
     )
@@ -206,6 +209,11 @@ def cmd_make_checkpoint(a: argparse.Namespace) -> int:
     return 0
 
 
+def _force_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="take over the output prefix's lease even when another run holds it (that run then stops)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmony", description="Image harmonization with DiffHarmony, from one image to a Ray cluster.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -235,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _model_flags(s)
     _allow_uri_flag(s)
+    _force_flag(s)
     s.set_defaults(func=cmd_harmonize)
 
     s = sub.add_parser("evaluate", help="score a folder of harmonized images against ground truth (iHarmony4 protocol)")
@@ -249,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     _allow_uri_flag(s)
+    _force_flag(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("synthesize", help="make iHarmony4-style training data: perturb real images' foregrounds")
@@ -267,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     _allow_uri_flag(s)
+    _force_flag(s)
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("report", help="write report.html (tables, plots, image grids) under an output prefix")

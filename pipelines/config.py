@@ -217,6 +217,11 @@ class JobConfig(Strict):
             parse_prefix(prefix)  # raises ValueError naming the prefix
         return v
 
+    force: bool = Field(False, description="take over the output prefix's lease even when another run holds it (--force)")
+    lease_ttl_seconds: float = Field(
+        120.0, ge=1, le=86400, description="the output prefix's lease expires this long after its holder's last heartbeat"
+    )
+
 
 class HarmonizeJobConfig(JobConfig):
     """`harmony harmonize`: a manifest of composites to harmonized images and metric tables."""

@@ -4,11 +4,17 @@ A job builds its rows and stages, then a `JobRun` does the rest: a fresh journal
 prefix, blocks of rows, the stages through the one adapter, the journal streamed as blocks finish,
 consolidation with the one-row-per-input check, the summary with the configuration redacted, and
 tidying up. Jobs differ only in the stages they declare and the summary extras they add.
+
+A run holds the output prefix's lease (`pipelines.io.lease`) from `claim()` to the end of its `with`
+block: `claim()` runs before Ray starts and before anything is written (`start_ray`, `consolidate` and
+`close` claim too, so a job cannot write first), and a second run on the same prefix is refused there.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +25,8 @@ import pandas as pd
 from pipelines.core.adapter import apply_stages, ensure_ray
 from pipelines.core.crashes import CrashLedger
 from pipelines.core.stage import Stage
-from pipelines.errors import JobError
+from pipelines.errors import JobError, LeaseLost
+from pipelines.io import lease as leases
 from pipelines.io.storage import filesystem, join, redact, write_bytes_atomic
 from pipelines.io.tables import JOURNAL, METRICS_FILE, SUMMARY_FILE, journal_dataset, remove_tree, write_table_atomic
 
@@ -32,19 +39,51 @@ class JobResult:
 
 
 class JobRun:
-    """One run of a job on `cfg.output` (any `JobConfig` with an `output` prefix)."""
+    """One run of a job on `cfg.output` (any `JobConfig` with an `output` prefix). Use it as a context
+    manager: the lease on the prefix is released when the block ends, however it ends."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, echo=print):
         self.cfg = cfg
         self.opts = cfg.storage_options
+        self.echo = echo
         self.t0 = time.perf_counter()
         self.journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        self.lease: leases.Lease | None = None
+
+    def __enter__(self) -> "JobRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release()
+            if exc_type is not None and lease.lost.is_set():  # the heartbeat stopped this run: say why
+                raise LeaseLost(lease.lost_message()) from None
+        return False
+
+    def claim(self) -> None:
+        """Hold the output prefix's lease (raises `LeaseHeld` naming the run that holds it); once held,
+        check it is still this run's (raises `LeaseLost` when a `--force` run took it over)."""
+        if self.lease is not None:
+            self.lease.check()
+            return
+        command = "harmony " + type(self.cfg).__name__.removesuffix("JobConfig").lower()
+        main = threading.current_thread() is threading.main_thread()
+        on_lost = _interrupt_main if main else None  # stop the stream now, not at the next claim
+        self.lease = leases.acquire(self.cfg.output, self.opts, ttl=self.cfg.lease_ttl_seconds, force=self.cfg.force,
+                                    command=command, on_lost=on_lost)
+        if self.lease.took_over:
+            other, why = self.lease.took_over
+            what = {"expired": "an expired lease", "gone": "the lease of a process that no longer exists",
+                    "forced": "a live lease (--force)"}[why]
+            self.echo(f"{command}: took over {what} on {self.cfg.output}: {other.describe()}", file=sys.stderr)
 
     @property
     def wall(self) -> float:
         return time.perf_counter() - self.t0
 
     def start_ray(self) -> None:
+        self.claim()
         ensure_ray(self.cfg.ray_address, self.cfg.num_cpus)
 
     def blocks(self, rows: pd.DataFrame):
@@ -71,6 +110,7 @@ class JobRun:
 
     def consolidate(self, parts: Iterable[pd.DataFrame], expected: int, to_arrow: Callable) -> pd.DataFrame:
         """One table sorted by manifest row, exactly one row per input, written to metrics/metrics.parquet."""
+        self.claim()
         parts = [p for p in parts if len(p)]
         final = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row": pd.Series([], dtype="int64")})
         if len(final) != expected or final["row"].duplicated().any():
@@ -89,12 +129,19 @@ class JobRun:
     def close(self, summary: dict, tidy: Sequence[str] = ()) -> str:
         """Write summary.json, remove the journal and temporaries a killed worker left in `tidy` folders;
         returns the summary's URI."""
+        self.claim()
         uri = join(self.cfg.output, SUMMARY_FILE)
         write_bytes_atomic(uri, json.dumps(summary, indent=2).encode(), self.opts)
         remove_tree(join(self.cfg.output, JOURNAL), self.opts)
         for folder in tidy:
             remove_stale_temporaries(join(self.cfg.output, folder), self.opts)
         return uri
+
+
+def _interrupt_main() -> None:
+    import _thread
+
+    _thread.interrupt_main()  # KeyboardInterrupt in the job; JobRun.__exit__ turns it into LeaseLost
 
 
 def remove_stale_temporaries(uri: str, options: dict) -> None:

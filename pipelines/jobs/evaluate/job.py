@@ -112,9 +112,14 @@ def compare_summary(metrics: pd.DataFrame, folder: str) -> dict:
 
 
 def run_evaluate(cfg: EvaluateJobConfig, echo=print) -> JobResult:
+    with JobRun(cfg, echo) as run:  # holds the output prefix's lease from its first write or Ray start
+        return _evaluate(run, cfg, echo)
+
+
+def _evaluate(run: JobRun, cfg: EvaluateJobConfig, echo) -> JobResult:
     from pipelines.report.html import maybe_write_report, paper_table, table_text
 
-    run, opts = JobRun(cfg), cfg.storage_options
+    opts = cfg.storage_options
     rows = load_rows(cfg, "png", 0, need={"real": "there is no ground truth to evaluate against"})
     folder, names = list_predictions(cfg.predictions, opts)
     compare_folder, compare_names = list_predictions(cfg.compare, opts) if cfg.compare else (None, {})

@@ -116,13 +116,18 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
 
 
 def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
-    run = JobRun(cfg)
+    with JobRun(cfg, echo) as run:
+        return _harmonize(run, cfg, echo)
+
+
+def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     rows = load_rows(cfg, cfg.image_format, cfg.seed)
     try:
         model_id, needs_resize = model_identity(cfg)
     except Exception as exc:  # noqa: BLE001 - CheckpointError and storage errors alike stop the job
         raise JobError(str(exc)) from exc
     key = config_key(cfg, model_id)
+    run.claim()  # one run per output prefix: before earlier results are read, anything is written or Ray starts
 
     carried = rows.iloc[0:0]
     if cfg.resume:

@@ -94,7 +94,11 @@ def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool 
 
 
 def run_synthesize(cfg: SynthesizeJobConfig, echo=print) -> JobResult:
-    run = JobRun(cfg)
+    with JobRun(cfg, echo) as run:  # holds the output prefix's lease from Ray's start (start_ray claims it)
+        return _synthesize(run, cfg, echo)
+
+
+def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
     try:
         manifest_format(cfg.manifest)  # before starting Ray: a name that cannot be a manifest
     except ManifestError as exc:
