@@ -19,7 +19,8 @@ How each store makes "create if absent" and "replace if unchanged" atomic:
 - S3: `PutObject` with `If-None-Match: *` creates; heartbeats and takeovers are `PutObject` with
   `If-Match: <ETag>`, release is `DeleteObject` with `If-Match`, so a lease changed by someone else
   is never overwritten or deleted. A store that answers `NotImplemented` to the conditional
-  headers gets the best effort below; a store that silently ignores them gets only the read-back.
+  headers gets the best effort below; a store that silently ignores them gets only a check before
+  creating and a read-back after.
 - Any other store (and the fallback): best effort. Create when absent, wait `settle` seconds, read
   back and check the lease is ours; replace only after reading the version it judged. Two runs
   starting within the same moment can both pass.
@@ -326,8 +327,15 @@ class _S3Store:
             raise
 
     def create(self, data: bytes):
+        # Read first and read back: a store that silently ignores If-None-Match then overwrites a lease only
+        # in the moment between the two, and the loser of that race sees someone else's lease on reading back.
+        if self.read() is not None:
+            return None
         r = self._call("put_object", Body=data, IfNoneMatch="*")
-        return None if r is None else r["ETag"]
+        if r is None:
+            return None
+        cur = self.read()
+        return r["ETag"] if cur is not None and cur[1] == r["ETag"] else None
 
     def replace(self, data: bytes, token):
         r = self._call("put_object", Body=data, IfMatch=token)

@@ -239,6 +239,25 @@ def test_best_effort_store_without_conditional_writes():
     assert read_holder(output) is None
 
 
+def test_s3_create_is_conditional_when_a_lease_appears_after_the_check(s3_bucket, monkeypatch):
+    """Two runs both find no lease, then both create: If-None-Match lets only the first one in."""
+    bucket, opts = s3_bucket
+    output = f"{bucket}/out"
+    a = acquire(output, opts, heartbeat=False)
+    store = leases._store(leases.lease_uri(output), opts, 0).s3
+    real_read = store.read
+    reads = []
+
+    def late(*args):  # the second run looked just before the first one's lease appeared
+        reads.append(1)
+        return None if len(reads) == 1 else real_read(*args)
+
+    monkeypatch.setattr(store, "read", late)
+    assert store.create(Holder.new("harmony harmonize", 60).to_bytes()) is None
+    assert read_holder(output, opts).run_id == a.holder.run_id
+    a.release()
+
+
 def test_s3_store_that_does_not_implement_conditional_requests_falls_back(s3_bucket, monkeypatch):
     from botocore.exceptions import ClientError
 
