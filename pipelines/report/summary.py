@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import platform
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.report.versions import versions
 from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, SECONDS
 from schemas.vocabulary import DONE, FG_BUCKETS, Status
 
@@ -61,18 +61,6 @@ def aggregate(df: pd.DataFrame) -> dict[str, Any]:
         out["by_fg_bucket"][b] = metric_block(part)
         for name, sub in part.groupby(subsets[part.index], sort=True):
             out["by_subset_and_fg_bucket"].setdefault(str(name), {})[b] = metric_block(sub)
-    return out
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("harmony", "torch", "diffusers", "ray", "pyarrow", "pandera", "numpy", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 
