@@ -191,12 +191,14 @@ def cmd_import_iharmony4(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from pipelines.jobs.bench.bench import run_bench
+    from pipelines.jobs.bench.bench import ModelOptions, run_bench
 
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
+    options = ModelOptions(sdpa=a.sdpa, channels_last=a.channels_last, compile=a.compile is not None,
+                           compile_mode=a.compile or "default")
     run_bench(arch=a.arch, resolutions=ints(a.resolution), batch_sizes=ints(a.batch_size), device=a.device,
               images=a.images, out=a.out, repeats=a.repeats, steps=a.steps, dtype=a.dtype,
-              sections=tuple(a.sections.split(",")), argv=sys.argv[2:])
+              sections=tuple(a.sections.split(",")), argv=sys.argv[2:], options=options)
     return 0
 
 
@@ -315,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=12, help="images for the pipeline and scaling sections")
     s.add_argument("--repeats", type=int, default=2, help="timed repeats per model configuration (median)")
     s.add_argument("--steps", type=int, default=5)
-    s.add_argument("--sections", default="model,pipeline,adaptive,scaling")
+    s.add_argument("--sections", default="model,pipeline,adaptive,scaling",
+                   help="comma-separated; model runs without Ray (torch and diffusers only), the others start Ray; "
+                   "train (training samples/s) is planned, not implemented")
+    g = s.add_argument_group("model section", "how the model section runs the models (the other sections run them as harmonize does)")
+    g.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
+                   help="attention through scaled_dot_product_attention (default) or diffusers' classic processor")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for the models")
+    g.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile the UNet; MODE: default, reduce-overhead, max-autotune, "
+                   "max-autotune-no-cudagraphs (compile time is reported apart)")
     s.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     s.set_defaults(func=cmd_bench)
 

@@ -10,6 +10,9 @@ Sections (each result records its command, the machine and versions):
 3. adaptive: images/s and FLOPs for fixed 1024, fixed 512 and auto on a mixed set.
 4. scaling: pipeline throughput with 1 and 2 model actors, peak host/device memory per actor.
 Warm-up runs are excluded; figures are medians of repeated runs.
+
+The model section needs torch and diffusers only (no Ray, pandera, s3fs or pydantic), so it also runs on
+a bare GPU machine: `gpu_check.py` beside this runs it over a grid of precisions and optimisations.
 """
 
 from __future__ import annotations
@@ -22,10 +25,16 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+SECTIONS = ("model", "pipeline", "adaptive", "scaling")
+# Sections planned but not written yet: asking for one is an error that says so.
+SECTIONS_NOT_YET = {"train": "training samples/s is not implemented yet (issue 14: `harmony bench --sections train`)"}
 
 # Dense fp16/bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity).
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "T4": 65.0}
@@ -46,17 +55,37 @@ def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     return statistics.median(times)
 
 
+def timed_runs(fn, repeats: int, sync=None) -> tuple[float, list[float]]:
+    """The first call timed on its own (warm-up: kernel selection, and compilation under torch.compile),
+    then `repeats` timed calls. Each timed region ends with `sync` (device work is asynchronous)."""
+    def once() -> float:
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        return time.perf_counter() - t
+
+    first = once()
+    return first, [once() for _ in range(repeats)]
+
+
 def machine(device) -> dict[str, Any]:
     import torch
 
-    from pipelines.report.summary import versions
+    from pipelines.report.versions import versions
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
             "versions": versions()}
     if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_multiprocessors"] = props.multi_processor_count
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["cuda"] = torch.version.cuda
     return info
 
 
@@ -71,13 +100,34 @@ def peak_tflops(device, dtype) -> tuple[float | None, str]:
                 return value, f"datasheet dense fp16/bf16 peak of {key}"
         return None, f"no datasheet peak known for {name}"
     n = 1024
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    sec = median_time(lambda: a @ b, repeats=5)
-    return 2 * n**3 / sec / 1e12, f"measured {n}x{n} {str(dtype).removeprefix('torch.')} matmul on this CPU"
+    return matmul_tflops(device, dtype, n), f"measured {n}x{n} {str(dtype).removeprefix('torch.')} matmul on this CPU"
+
+
+def matmul_tflops(device, dtype, n: int, repeats: int = 5) -> float:
+    """TFLOP/s of an n x n x n matrix product on random data (never zeros: they run faster)."""
+    import torch
+
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    sec = median_time(lambda: a @ b, repeats=repeats, warmup=2 if sync else 1, sync=sync)
+    return 2 * n**3 / sec / 1e12
+
+
+@lru_cache(maxsize=32)
+def _count_flops_cached(arch: str, width: int, height: int, steps: int) -> tuple[tuple[str, float], ...]:
+    return tuple(count_flops(arch, width, height, steps).items())
+
+
+def flops_per_image(arch: str, width: int, height: int, steps: int) -> dict[str, float]:
+    """`count_flops`, counted once per size in a process (a benchmark grid asks for each size many times)."""
+    return dict(_count_flops_cached(arch, width, height, steps))
 
 
 def count_flops(arch: str, width: int, height: int, steps: int) -> dict[str, float]:
-    """FLOPs per image of each part, on meta tensors (instant, no weights needed)."""
+    """FLOPs per image of each part, on meta tensors (instant, no weights needed).
+
+    The model's FLOPs, whatever kernels run them: the same count for SDPA and classic attention, for
+    eager and compiled code, so achieved TFLOP/s compares the configurations directly."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
@@ -113,39 +163,173 @@ def _engine(ckpt: Path, device: str, dtype: str, steps: int):
     return load_diffharmony(str(ckpt), device=device, dtype=dtype, steps=steps)
 
 
-def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps) -> list[dict]:
+def build_engine(arch: str, device: str = "auto", dtype: str = "auto", steps: int = 5, seed: int = 0):
+    """The DiffHarmony engine of `arch` with seeded random weights, built in memory on the device.
+
+    The same models as a checkpoint from `write_checkpoint` loaded by `load_diffharmony` (same classes,
+    configs and compute), without writing and reading several GB: the GPU check builds the full-size
+    architecture in seconds this way."""
+    import torch
+
+    from harmony_ops.engines import DiffHarmonyEngine
+    from harmony_ops.factory import SD_SCHEDULER_CONFIG, build_refiner, build_unet, build_vae
+    from harmony_ops.loader import pick_device, pick_dtype
+    from harmony_ops.sampler import DiffHarmonySampler
+
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    with torch.device(dev):
+        unet, vae, refiner = build_unet(arch, seed), build_vae(arch, seed), build_refiner(arch, seed)
+    null = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(seed + 3)) * 0.1
+    sampler = DiffHarmonySampler(unet.to(dtype=dt).eval(), vae.to(dtype=dt).eval(), SD_SCHEDULER_CONFIG, null.to(dev))
+    return DiffHarmonyEngine(sampler, refiner.to(dtype=dt).eval(), model_id=f"{arch} (random weights)", steps=steps)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How the model section runs the models. Defaults are what `harmony harmonize` runs today."""
+
+    sdpa: bool = True  # attention through F.scaled_dot_product_attention (diffusers' AttnProcessor2_0), else AttnProcessor
+    channels_last: bool = False  # weights and the refiner's input in channels-last memory format
+    compile: bool = False  # torch.compile of the UNet (the VAE and the refiner stay eager)
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"  # "eager" traces with dynamo only: the CPU dry run's stand-in
+
+    def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+
+    def label(self) -> str:
+        parts = ["sdpa" if self.sdpa else "no-sdpa"]
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.compile:
+            parts.append(f"compile({self.compile_mode if self.compile_backend == 'inductor' else self.compile_backend})")
+        return "+".join(parts)
+
+
+def set_attention(module, sdpa: bool) -> int:
+    """Every diffusers Attention in `module` on SDPA (AttnProcessor2_0) or the classic processor; returns
+    how many. Works for models without diffusers' set_attn_processor too (the refiner)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.set_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
+            n += 1
+    return n
+
+
+class TunedModels:
+    """Puts an engine's models into the state `ModelOptions` and a dtype describe, any number of times:
+    each `apply` sets every option (nothing is left from the previous configuration). The eager UNet is
+    kept, so compiling is undone by putting it back; a compiled UNet is reused while its options hold."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.unet = engine.sampler.unet
+        self._compiled = None
+        self._compiled_key = None
+
+    def models(self) -> list:
+        return [self.unet, self.engine.sampler.vae] + ([self.engine.refiner] if self.engine.refiner is not None else [])
+
+    def apply(self, opts: ModelOptions, dtype=None) -> None:
+        import torch
+
+        fmt = torch.channels_last if opts.channels_last else torch.contiguous_format
+        for m in self.models():
+            if dtype is not None:
+                m.to(dtype=dtype)
+            m.to(memory_format=fmt)
+            set_attention(m, opts.sdpa)
+        sampler = self.engine.sampler
+        if not opts.compile:
+            sampler.unet = self.unet
+            return
+        key = (str(self.unet.dtype), opts)
+        if self._compiled_key != key:
+            torch._dynamo.reset()  # a fresh compile: its time is this configuration's, not left over
+            kwargs = {"mode": opts.compile_mode} if opts.compile_backend == "inductor" else {}
+            self._compiled = torch.compile(self.unet, backend=opts.compile_backend, dynamic=False, **kwargs)
+            self._compiled_key = key
+        sampler.unet = self._compiled
+
+    def reset(self) -> None:
+        self.apply(ModelOptions())
+
+
+def model_row(engine, arch: str, res: int, bs: int, repeats: int, steps: int, peak: float | None,
+              opts: ModelOptions = ModelOptions(), peak_note: str = "") -> dict:
+    """Stage 1 and the refiner at one size and batch, with the engine as `TunedModels` left it: img/s,
+    s/img, achieved TFLOP/s and utilisation for each; the first (warm-up) call apart, as compile time."""
     import torch
 
     from harmony_ops.refiner import make_refiner_input
 
+    device = engine.device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else None
+    fl = flops_per_image(arch, res, res, steps)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(bs, 3, res, res, generator=g) * 2 - 1
+    masks = (torch.rand(bs, 1, res, res, generator=g) > 0.5).float()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    first, times = timed_runs(lambda: engine.sampler(images, masks, seeds=list(range(bs)), num_inference_steps=steps),
+                              repeats, sync=sync)
+    t1 = statistics.median(times)
+    row = {"resolution": res, "batch_size": bs, "dtype": str(engine.sampler.dtype).removeprefix("torch."),
+           "options": opts.label(), "sdpa": opts.sdpa, "channels_last": opts.channels_last, "compile": opts.compile,
+           "stage1_s_per_image": t1 / bs, "stage1_images_per_s": bs / t1, "stage1_gflop_per_image": fl["stage1"] / 1e9,
+           "stage1_tflops": fl["stage1"] * bs / t1 / 1e12, "stage1_first_call_s": first,
+           "stage1_spread": (max(times) - min(times)) / t1}
+    # Compiling happens in the first call; the rest of that call is an ordinary (warm-up) run.
+    row["compile_s"] = max(0.0, first - t1) if opts.compile else None
+    if engine.refiner is not None:
+        x = make_refiner_input(images, masks, images, engine.refiner.config.in_channels).to(device, engine.refiner.dtype)
+        if opts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def refine():
+            with torch.inference_mode():
+                engine.refiner(x)
+
+        _, rtimes = timed_runs(refine, repeats, sync=sync)
+        t2 = statistics.median(rtimes)
+        row.update(refiner_s_per_image=t2 / bs, refiner_images_per_s=bs / t2, refiner_gflop_per_image=fl["refiner"] / 1e9,
+                   refiner_tflops=fl["refiner"] * bs / t2 / 1e12, refiner_spread=(max(rtimes) - min(rtimes)) / t2)
+    if peak:
+        row["stage1_utilisation"] = row["stage1_tflops"] / peak
+        if "refiner_tflops" in row:
+            row["refiner_utilisation"] = row["refiner_tflops"] / peak
+    row["peak_tflops"] = peak
+    row["peak_note"] = peak_note
+    if cuda:
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps, options: ModelOptions = ModelOptions()) -> list[dict]:
     device, dtype = engine.device, engine.sampler.dtype
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
     peak, peak_note = peak_tflops(device, dtype)
+    tuned = TunedModels(engine)
+    tuned.apply(options)
     rows = []
-    for res in resolutions:
-        fl = count_flops(arch, res, res, steps)
-        for bs in batch_sizes:
-            g = torch.Generator().manual_seed(0)
-            images = torch.rand(bs, 3, res, res, generator=g) * 2 - 1
-            masks = (torch.rand(bs, 1, res, res, generator=g) > 0.5).float()
-            t1 = median_time(lambda images=images, masks=masks, bs=bs: engine.sampler(images, masks, seeds=list(range(bs)), num_inference_steps=steps),
-                             repeats, sync=sync)
-            row = {"resolution": res, "batch_size": bs, "stage1_s_per_image": t1 / bs, "stage1_images_per_s": bs / t1,
-                   "stage1_gflop_per_image": fl["stage1"] / 1e9}
-            row["stage1_tflops"] = fl["stage1"] * bs / t1 / 1e12
-            if engine.refiner is not None:
-                x = make_refiner_input(images, masks, images, engine.refiner.config.in_channels).to(device, engine.refiner.dtype)
-                t2 = median_time(lambda x=x: engine.refiner(x), repeats, sync=sync)
-                row.update(refiner_s_per_image=t2 / bs, refiner_images_per_s=bs / t2,
-                           refiner_gflop_per_image=fl["refiner"] / 1e9, refiner_tflops=fl["refiner"] * bs / t2 / 1e12)
-            if peak:
-                row["stage1_utilisation"] = row["stage1_tflops"] / peak
-            row["peak_tflops"] = peak
-            row["peak_note"] = peak_note
-            rows.append(row)
-            print(f"  model {res}px batch {bs}: stage1 {row['stage1_images_per_s']:.3f} img/s "
-                  f"({row['stage1_tflops']:.3f} TFLOP/s), refiner {row.get('refiner_images_per_s', float('nan')):.3f} img/s",
-                  file=sys.stderr)
+    try:
+        for res in resolutions:
+            for bs in batch_sizes:
+                row = model_row(engine, arch, res, bs, repeats, steps, peak, options, peak_note)
+                rows.append(row)
+                print(f"  model {res}px batch {bs} ({options.label()}): stage1 {row['stage1_images_per_s']:.3f} img/s "
+                      f"({row['stage1_tflops']:.3f} TFLOP/s), refiner {row.get('refiner_images_per_s', float('nan')):.3f} img/s",
+                      file=sys.stderr)
+    finally:
+        tuned.reset()  # the other sections run the engine as the product does
     return rows
 
 
@@ -296,11 +480,15 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
-              sections=("model", "pipeline", "adaptive", "scaling"), argv: list[str] | None = None) -> dict:
+              sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions()) -> dict:
+    """`options` apply to the model section only: the other sections run the engine as the product does."""
+    for name in sections:
+        if name in SECTIONS_NOT_YET:
+            raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
+        if name not in SECTIONS:
+            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
     from harmony_ops.factory import write_checkpoint
     from harmony_ops.loader import pick_device
-
-    from pipelines.core.adapter import ensure_ray
 
     dev = pick_device(device)
     device_name = str(dev)
@@ -316,12 +504,14 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
     print(f"harmony bench: {arch} on {device_name} ({results['dtype']}); writing {outdir}", file=sys.stderr)
 
     if "model" in sections:
-        results["model"] = bench_model(engine, arch, resolutions, batch_sizes, repeats, steps)
+        results["model"] = bench_model(engine, arch, resolutions, batch_sizes, repeats, steps, options)
 
     res, batch = resolutions[0], max(batch_sizes)
     if "pipeline" in sections or "scaling" in sections:
         data = work / "pipeline-data"
         manifest = make_images(data, images, res)
+        from pipelines.core.adapter import ensure_ray  # here, not above: the model section runs without Ray
+
         ensure_ray()
         # Warm Ray's workers (imports) so the timed run measures the job, not process start-up.
         pipeline_seconds(ckpt, make_images(work / "warm", 2, res), work / "warm-out", res, batch, 1, device_name, dtype, steps)
@@ -383,7 +573,8 @@ def to_markdown(r: dict) -> str:
              f"diffusers {m['versions'].get('diffusers')}, ray {m['versions'].get('ray')}", ""]
     if "model" in r:
         peak = r["model"][0].get("peak_tflops") if r["model"] else None
-        lines += [f"Model throughput ({r['steps']} steps; peak {_f(peak)} TFLOP/s: {r['model'][0].get('peak_note', '')})", "",
+        opts = r["model"][0].get("options", "sdpa") if r["model"] else "sdpa"
+        lines += [f"Model throughput ({r['steps']} steps, {opts}; peak {_f(peak)} TFLOP/s: {r['model'][0].get('peak_note', '')})", "",
                   "| resolution | batch | stage 1 img/s | s/img | GFLOP/img | TFLOP/s | utilisation | refiner img/s | refiner GFLOP/img |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for x in r["model"]:

@@ -86,3 +86,12 @@ def test_markdown_has_every_section():
     md = to_markdown(r)
     for needle in ("Model throughput", "Pipeline efficiency", "90%", "Adaptive resolution", "Scaling", "50.0%"):
         assert needle in md
+
+
+def test_timed_runs_times_the_first_call_apart_and_syncs_each(clock):
+    from pipelines.jobs.bench.bench import timed_runs
+
+    c = clock([60.0, 2.0, 1.0, 3.0], sync_cost=0.5)  # a compiling first call, then three steady ones
+    first, times = timed_runs(c.fn, repeats=3, sync=c.sync)
+    assert first == 60.5 and times == [2.5, 1.5, 3.5]
+    assert c.events == ["sync", "clock", "fn", "sync", "clock"] * 4
