@@ -233,6 +233,11 @@ class Recorder:
         (self.out / "gpu-bench.md").write_text(to_markdown(self.doc))
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else ""
+
+
 def _header(cfg: Config) -> dict:
     return {"id": cfg.id, "block": cfg.block, "resolution": cfg.resolution, "batch_size": cfg.batch_size,
             "dtype": {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[cfg.dtype], "options": cfg.options.label()}
@@ -263,11 +268,13 @@ def run_model_section(a: argparse.Namespace, rec: Recorder, plan: list[Config], 
           f"measured {_f(measured, 1)} TFLOP/s", file=sys.stderr)
 
     tuned = TunedModels(engine)
-    rates: list[float] = []  # achieved TFLOP/s of stage 1 + refiner, per row that ran
+    rates: dict[tuple[int, int], list[float]] = {}  # achieved TFLOP/s of stage 1 + refiner, per size and batch
     compiles: list[float] = []  # compile seconds, per compiled row that ran
     for cfg in plan:
         left = a.budget_s - (time.monotonic() - start)
-        rate = min(rates) if rates else a.assumed_tflops
+        # The slowest rate seen at this size and batch, else the slowest seen at all, else the assumed one.
+        seen = rates.get((cfg.resolution, cfg.batch_size)) or [x for v in rates.values() for x in v]
+        rate = min(seen) if seen else a.assumed_tflops
         compile_est = 1.25 * max(compiles) if compiles else a.compile_estimate_s
         need = estimate_seconds(cfg, row_work_tflop(cfg, a.arch, a.steps, a.repeats), rate, compile_est)
         if need > left:
@@ -279,15 +286,16 @@ def run_model_section(a: argparse.Namespace, rec: Recorder, plan: list[Config], 
             tuned.apply(cfg.options, DTYPES[cfg.dtype])
             row = model_row(engine, a.arch, cfg.resolution, cfg.batch_size, a.repeats, a.steps, peak, cfg.options, note)
         except torch.cuda.OutOfMemoryError as exc:
-            row = {**_header(cfg), "status": "oom", "reason": str(exc).splitlines()[0][:200]}
+            row = {**_header(cfg), "status": "oom", "reason": _first_line(exc)}
         except Exception as exc:  # noqa: BLE001 - one configuration failing (a compile error, say) must not lose the rest
-            row = {**_header(cfg), "status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            row = {**_header(cfg), "status": "error", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
         else:
             row = {**row, **_header(cfg), "status": "ok"}
             if measured:
                 row["stage1_utilisation_vs_matmul"] = row["stage1_tflops"] / measured
             seconds = row["stage1_s_per_image"] + row.get("refiner_s_per_image", 0.0)
-            rates.append((row["stage1_gflop_per_image"] + row.get("refiner_gflop_per_image", 0.0)) / 1e3 / seconds)
+            rates.setdefault((cfg.resolution, cfg.batch_size), []).append(
+                (row["stage1_gflop_per_image"] + row.get("refiner_gflop_per_image", 0.0)) / 1e3 / seconds)
             if row.get("compile_s") is not None:
                 compiles.append(row["compile_s"])
         if row["status"] != "ok":
@@ -296,7 +304,7 @@ def run_model_section(a: argparse.Namespace, rec: Recorder, plan: list[Config], 
                 torch.cuda.empty_cache()
         rec.add(row)
         print(f"  {cfg.id} ({cfg.dtype}, {cfg.options.label()}): " + (
-            f"stage 1 {row['stage1_images_per_s']:.3f} img/s {row['stage1_tflops']:.1f} TFLOP/s, refiner "
+            f"stage 1 {row['stage1_images_per_s']:.3f} img/s {_tf(row['stage1_tflops'])} TFLOP/s, refiner "
             f"{row.get('refiner_images_per_s', float('nan')):.3f} img/s" + (f", compile {row['compile_s']:.1f} s" if row.get("compile_s") is not None else "")
             if row["status"] == "ok" else f"{row['status']}: {row['reason']}"), file=sys.stderr)
     tuned.reset()

@@ -165,24 +165,52 @@ def test_the_budget_guard_skips_rows_that_would_not_fit_and_still_writes_them(tm
 def test_a_run_stopped_midway_keeps_the_rows_done(tmp_path, monkeypatch):
     from pipelines.jobs.bench import gpu_check
 
-    real, calls = gpu_check.model_row, []
+    real, calls, seen = gpu_check.model_row, [], {}
+    out = tmp_path / "out"
 
     def stopped_in_the_third_row(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
+            # What a SIGKILL would leave now (no `finally` runs): the files as written after each row.
+            seen.update(doc=_doc(out), md=(out / "gpu-bench.md").read_text())
             raise KeyboardInterrupt  # like the SystemExit that `timeout`'s SIGTERM raises, in the middle of a row
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gpu_check, "model_row", stopped_in_the_third_row)
-    out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(SMALL + ["--out", str(out), "--budget-s", "600", "--compile-estimate-s", "5000"])
+    assert [r["id"] for r in seen["doc"]["rows"]] == ["base-32px-b1", "channels-last-32px-b1"]
+    assert seen["doc"]["running"] == "no-sdpa-32px-b1" and "| channels-last-32px-b1 | float32 | sdpa+channels-last | " in seen["md"]
     doc = _doc(out)
     assert [r["id"] for r in doc["rows"]] == ["base-32px-b1", "channels-last-32px-b1"]
     assert doc["running"] == "no-sdpa-32px-b1" and doc["complete"] is False and doc["stopped"] == "KeyboardInterrupt"
     assert len((out / "gpu-bench.jsonl").read_text().splitlines()) == 2
     md = (out / "gpu-bench.md").read_text()
     assert "Status: incomplete (KeyboardInterrupt); 2 of 5 rows measured" in md and "| channels-last-32px-b1 |" in md
+
+
+def test_a_row_that_fails_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import torch
+
+    from pipelines.jobs.bench import gpu_check
+
+    real = gpu_check.model_row
+
+    def failing(engine, arch, res, bs, repeats, steps, peak, opts, note):
+        if opts.channels_last:
+            raise RuntimeError("a compile or kernel error\nwith a long traceback")
+        if not opts.sdpa:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 96.00 GiB")
+        return real(engine, arch, res, bs, repeats, steps, peak, opts, note)
+
+    monkeypatch.setattr(gpu_check, "model_row", failing)
+    out = tmp_path / "out"
+    assert main(SMALL + ["--out", str(out), "--budget-s", "600", "--compile-estimate-s", "5000"]) == 0
+    rows = {r["id"]: r for r in _doc(out)["rows"]}
+    assert [r["status"] for r in rows.values()] == ["ok", "error", "oom", "skipped", "skipped"]
+    assert rows["channels-last-32px-b1"]["reason"] == "RuntimeError: a compile or kernel error"
+    assert rows["no-sdpa-32px-b1"]["reason"].startswith("CUDA out of memory")
+    assert "| no-sdpa-32px-b1 | float32 | no-sdpa |" in (out / "gpu-bench.md").read_text()
 
 
 def test_sections_not_implemented_yet_are_refused_by_name(capsys):
