@@ -156,6 +156,12 @@ def build_refiner(arch: Arch, seed: int = 0, init: RefinerInit = "default") -> U
     return model
 
 
+def build_null_embedding(cross_attention_dim: int, seed: int = 0) -> torch.Tensor:
+    """A seeded stand-in for the empty-text conditioning (1 x 77 x D), on the CPU."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    return torch.randn(1, 77, cross_attention_dim, generator=gen) * 0.1
+
+
 def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refiner: bool = True,
                      refiner_init: RefinerInit = "default") -> Path:
     """Write a diffusers-layout DiffHarmony checkpoint (plus `refiner/`, see `build_refiner` for its init)."""
@@ -168,8 +174,7 @@ def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refine
     vae.save_pretrained(out / "vae", safe_serialization=True)
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIG, indent=2))
-    gen = torch.Generator().manual_seed(seed + 3)
-    emb = torch.randn(1, 77, unet.config.cross_attention_dim, generator=gen) * 0.1
+    emb = build_null_embedding(unet.config.cross_attention_dim, seed)
     save_file({NULL_EMBEDDING_KEY: emb.contiguous()}, str(out / NULL_EMBEDDING_FILE))
     model_index = {
         "_class_name": "StableDiffusionInpaintPipeline",

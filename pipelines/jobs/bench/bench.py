@@ -172,7 +172,7 @@ def build_engine(arch: str, device: str = "auto", dtype: str = "auto", steps: in
     import torch
 
     from harmony_ops.engines import DiffHarmonyEngine
-    from harmony_ops.factory import SD_SCHEDULER_CONFIG, build_refiner, build_unet, build_vae
+    from harmony_ops.factory import SD_SCHEDULER_CONFIG, build_null_embedding, build_refiner, build_unet, build_vae
     from harmony_ops.loader import pick_device, pick_dtype
     from harmony_ops.sampler import DiffHarmonySampler
 
@@ -180,7 +180,7 @@ def build_engine(arch: str, device: str = "auto", dtype: str = "auto", steps: in
     dt = pick_dtype(dev, dtype)
     with torch.device(dev):
         unet, vae, refiner = build_unet(arch, seed), build_vae(arch, seed), build_refiner(arch, seed)
-    null = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(seed + 3)) * 0.1
+    null = build_null_embedding(unet.config.cross_attention_dim, seed)
     sampler = DiffHarmonySampler(unet.to(dtype=dt).eval(), vae.to(dtype=dt).eval(), SD_SCHEDULER_CONFIG, null.to(dev))
     return DiffHarmonyEngine(sampler, refiner.to(dtype=dt).eval(), model_id=f"{arch} (random weights)", steps=steps)
 

@@ -104,6 +104,21 @@ def test_what_paid_compares_each_change_with_the_base_row_of_its_size():
     assert "base" not in paid
 
 
+def test_the_in_memory_engine_is_the_one_a_written_checkpoint_loads(tmp_path):
+    import torch
+
+    from harmony_ops.factory import write_checkpoint
+    from harmony_ops.loader import load_diffharmony
+
+    built = build_engine("tiny", "cpu", "fp32", steps=1, seed=5)
+    loaded = load_diffharmony(str(write_checkpoint(tmp_path / "ckpt", arch="tiny", seed=5)), device="cpu", dtype="fp32", steps=1)
+    for a, b in ((built.sampler.unet, loaded.sampler.unet), (built.sampler.vae, loaded.sampler.vae), (built.refiner, loaded.refiner)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.testing.assert_close(built.sampler.null_embedding, loaded.sampler.null_embedding, rtol=0, atol=0)
+    assert built.sampler.scheduler_config == loaded.sampler.scheduler_config
+
+
 def test_options_change_how_the_models_run_not_what_they_compute():
     import torch
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
