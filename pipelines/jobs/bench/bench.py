@@ -40,35 +40,28 @@ SECTIONS_NOT_YET = {"train": "training samples/s is not implemented yet (issue 1
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "T4": 65.0}
 
 
+def _timed(fn, sync=None) -> float:
+    """Seconds of one call; the timed region starts and ends with `sync` (device work is asynchronous)."""
+    if sync:
+        sync()
+    t = time.perf_counter()
+    fn()
+    if sync:
+        sync()
+    return time.perf_counter() - t
+
+
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(_timed(fn, sync) for _ in range(repeats))
 
 
 def timed_runs(fn, repeats: int, sync=None) -> tuple[float, list[float]]:
     """The first call timed on its own (warm-up: kernel selection, and compilation under torch.compile),
-    then `repeats` timed calls. Each timed region ends with `sync` (device work is asynchronous)."""
-    def once() -> float:
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        return time.perf_counter() - t
-
-    first = once()
-    return first, [once() for _ in range(repeats)]
+    then `repeats` timed calls."""
+    first = _timed(fn, sync)
+    return first, [_timed(fn, sync) for _ in range(repeats)]
 
 
 def machine(device) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.jobs.bench.bench import (
+    _f,
     SECTIONS_NOT_YET,
     ModelOptions,
     TunedModels,
@@ -139,14 +140,6 @@ def what_paid(rows: list[dict]) -> list[dict]:
             entry["verdict"] = "no clear gain"
         out.append(entry)
     return out
-
-
-def _f(v, digits=3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
 
 
 def _tf(v) -> str:

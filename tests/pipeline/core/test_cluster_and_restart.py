@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 
 from pipelines.config import HarmonizeJobConfig, ModelConfig
 from pipelines.jobs.harmonize.job import run_harmonize
+from tests.pipeline.jobs.slow_job import slow_job
 from tests.pipeline.jobs.test_harmonize import local_dataset, pools, quiet
 
 pytestmark = pytest.mark.pipeline
@@ -41,18 +40,7 @@ def test_two_node_cluster(tmp_path, tiny_checkpoint):
 
 
 def test_driver_killed_midway_then_rerun_completes(ray_local, tmp_path, tiny_checkpoint):
-    manifest_path, manifest = local_dataset(tmp_path, good=12)
-    out = tmp_path / "out"
-    config = {
-        "manifest": str(manifest_path), "output": str(out), "model": {"model": str(tiny_checkpoint)}, "block_rows": 1,
-        "pools": {"decode": {"batch_size": 1, "num_cpus": 0.25, "num_gpus": 0},
-                  "model": {"batch_size": 1, "num_cpus": 0.5},
-                  "finish": {"batch_size": 1, "num_cpus": 0.25, "num_gpus": 0}},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "harmonize", "--config", str(tmp_path / "job.yaml")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, out, manifest = slow_job(tmp_path, tiny_checkpoint)
     journal = out / "_journal"
     deadline = time.time() + 120
     try:
@@ -65,13 +53,13 @@ def test_driver_killed_midway_then_rerun_completes(ray_local, tmp_path, tiny_che
         else:
             pytest.fail("no journal file appeared")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run, whatever it was doing
         proc.wait()
     assert not (out / "metrics").exists()  # the killed run never consolidated
     done_before = len(list((out / "images").glob("*.png")))
     assert 0 < done_before < len(manifest)
 
-    cfg = HarmonizeJobConfig.model_validate(config)
+    cfg = HarmonizeJobConfig.model_validate(yaml.safe_load((tmp_path / "job.yaml").read_text()))  # the same job
     r = run_harmonize(cfg, echo=quiet)
     m = r.metrics
     assert len(m) == len(manifest) and not m["id"].duplicated().any()

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pandas as pd
 import pytest
-import yaml
 
 from pipelines.cli import main
 from pipelines.io.lease import LEASE_FILE, acquire, read_holder
 from pipelines.io.storage import filesystem
 from tests.conftest import upload_dir
 from tests.pipeline.jobs.test_harmonize import local_dataset
+from tests.pipeline.jobs.slow_job import kill_group, slow_job
 
 pytestmark = pytest.mark.pipeline
 
@@ -100,24 +97,6 @@ def test_force_takes_the_prefix_over_and_the_holder_notices(where, ray_local, ca
     assert LEASE_FILE not in names_under(output, opts)
 
 
-def slow_job(tmp_path, tiny_checkpoint, **extra) -> tuple:
-    """A harmonize config that runs for a while (12 rows, one per block and batch, the tiny model)."""
-    manifest_path, manifest = local_dataset(tmp_path, good=12)
-    out = tmp_path / "out"
-    config = {
-        "manifest": str(manifest_path), "output": str(out), "model": {"model": str(tiny_checkpoint)}, "block_rows": 1,
-        "pools": {"decode": {"batch_size": 1, "num_cpus": 0.25, "num_gpus": 0},
-                  "model": {"batch_size": 1, "num_cpus": 0.5},
-                  "finish": {"batch_size": 1, "num_cpus": 0.25, "num_gpus": 0}},
-        **extra,
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "harmonize", "--config", str(tmp_path / "job.yaml")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return proc, out, manifest
-
-
 def wait_until(cond, proc, what: str, seconds: float = 180) -> None:
     deadline = time.time() + seconds
     while not cond():
@@ -142,9 +121,7 @@ def test_overlapping_runs_the_second_is_refused_and_the_first_completes(tmp_path
         assert read_holder(str(out)).run_id == first.run_id
         stdout, stderr = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     assert proc.returncode == 0, stderr[-2000:]
     assert f"{len(manifest)} rows ({len(manifest)} to run" in stdout  # the refused run left nothing to resume from
     metrics = pd.read_parquet(out / "metrics" / "metrics.parquet")
@@ -160,9 +137,7 @@ def test_a_run_whose_lease_is_taken_over_stops_without_consolidating(tmp_path, t
         forced = acquire(str(out), {}, command="harmony harmonize", ttl=60, force=True, heartbeat=False)
         _, stderr = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     assert proc.returncode == 2, stderr[-2000:]
     assert f"was taken over by run {forced.holder.run_id}" in stderr and "stops without consolidating" in stderr
     assert not (out / "metrics").exists() and not (out / "summary.json").exists()
