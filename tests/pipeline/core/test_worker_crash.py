@@ -19,7 +19,8 @@ from tests.pipeline.jobs.test_harmonize import local_dataset
 
 pytestmark = pytest.mark.pipeline
 
-POOL = {"num_cpus": 0.5, "num_gpus": 0, "batch_size": 4, "max_workers": 1}
+# Batches of two rows: the poisoned row costs two worker deaths (its batch, then itself alone).
+POOL = {"num_cpus": 0.5, "num_gpus": 0, "batch_size": 2, "max_workers": 1}
 
 
 def run_cli(tmp_path, args: list[str], crash: str) -> subprocess.CompletedProcess:
@@ -38,9 +39,9 @@ def check(metrics: pd.DataFrame, poisoned: str, n: int) -> None:
 
 
 def test_harmonize_fails_only_the_row_that_kills_the_model_worker(tmp_path):
-    manifest_path, manifest = local_dataset(tmp_path, good=6)
+    manifest_path, manifest = local_dataset(tmp_path, good=4)
     out = tmp_path / "out"
-    config = {"manifest": str(manifest_path), "output": str(out), "model": {"engine": "baseline"}, "block_rows": 6,
+    config = {"manifest": str(manifest_path), "output": str(out), "model": {"engine": "baseline"}, "block_rows": 2,
               "num_cpus": 2, "max_worker_crashes": 1,
               "pools": {"decode": POOL, "model": {**POOL, "num_cpus": 1}, "finish": POOL}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
@@ -52,13 +53,13 @@ def test_harmonize_fails_only_the_row_that_kills_the_model_worker(tmp_path):
 
 
 def test_evaluate_fails_only_the_row_that_kills_its_worker(tmp_path):
-    manifest_path, manifest = local_dataset(tmp_path, good=5)
+    manifest_path, manifest = local_dataset(tmp_path, good=4)
     preds = tmp_path / "preds"
     preds.mkdir()
     for rid, comp in zip(manifest["id"], manifest["composite"]):
         shutil.copy(manifest_path.parent / comp, preds / f"{rid}.png")
     config = {"manifest": str(manifest_path), "predictions": str(preds), "output": str(tmp_path / "eval"),
-              "num_cpus": 2, "block_rows": 5, "report": False, "max_worker_crashes": 1, "pool": POOL}
+              "num_cpus": 2, "block_rows": 2, "report": False, "max_worker_crashes": 1, "pool": POOL}
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     r = run_cli(tmp_path, ["evaluate", "--config", str(tmp_path / "eval.yaml")], crash="evaluate:good1")
     assert r.returncode == 0, r.stderr[-3000:]
