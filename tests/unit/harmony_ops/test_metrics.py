@@ -378,3 +378,139 @@ def test_as_dict_round_trip(files: dict[str, Path]) -> None:
     for other in (no_reference_metrics(comp, truth, mask), full_resolution_metrics(comp, truth)):
         od = other.as_dict()
         assert od == {k: getattr(other, k) for k in od} and type(other)(**od) == other
+
+
+# --- fast paths: the same numbers as the definitions -------------------------------------
+
+
+def _photo_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth colour field plus texture: distinct statistics in every region, like a photo."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([120 + 90 * np.sin(5 * xx + 2 * yy), 110 + 80 * np.cos(4 * yy - xx), 90 + 60 * np.sin(3 * (xx + yy))], -1)
+    return np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.ogrid[:h, :w]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _grid_definition(comp: np.ndarray, harm: np.ndarray, fg: np.ndarray) -> tuple[float, float, float]:
+    """no_reference_metrics' documented sampling, computed with scikit-image's L*a*b*."""
+    from harmony_ops.metrics import grid_stride
+
+    h, w = fg.shape
+    s = grid_stride(h, w)
+    bg = ~fg[::s, ::s]
+    bg_c, bg_h = sk_rgb2lab(comp[::s, ::s])[bg], sk_rgb2lab(harm[::s, ::s])[bg]
+    rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    sf = grid_stride(y1 - y0, x1 - x0)
+    box = (slice(y0, y1, sf), slice(x0, x1, sf))
+    sel = fg[box]
+    fg_c, fg_h = sk_rgb2lab(comp[box])[sel], sk_rgb2lab(harm[box])[sel]
+
+    def gap(a, b):
+        return float(np.linalg.norm(a.mean(0) - b.mean(0)) + np.linalg.norm(a.std(0) - b.std(0)))
+
+    return float(sk_delta_e76(fg_c, fg_h).mean()), gap(fg_c, bg_c), gap(fg_h, bg_h)
+
+
+def test_grid_stride_is_the_smallest_that_fits() -> None:
+    from harmony_ops.metrics import NOREF_GRID_POINTS, grid_stride
+
+    def points(h, w, s):
+        return -(-h // s) * -(-w // s)
+
+    for h, w in [(1, 1), (120, 160), (512, 512), (513, 512), (864, 1152), (3024, 4032), (9000, 7), (7, 70000)]:
+        s = grid_stride(h, w)
+        assert points(h, w, s) <= NOREF_GRID_POINTS
+        assert s == 1 or points(h, w, s - 1) > NOREF_GRID_POINTS
+    assert grid_stride(512, 512) == 1 and grid_stride(513, 512) == 2
+
+
+@pytest.mark.parametrize("shape", [(700, 500), (1100, 1300)])
+def test_no_reference_on_a_grid_matches_its_definition(shape: tuple[int, int]) -> None:
+    """Above 2^18 pixels the metrics are taken on the documented grids: same numbers as scikit-image on
+    those pixels, and within 0.1 of the full-resolution values (the documented tolerance)."""
+    h, w = shape
+    rng = np.random.default_rng(h)
+    comp = _photo_like(rng, h, w)
+    fg = _ellipse(h, w, 0.55 * h, 0.4 * w, 0.3 * h, 0.2 * w)
+    harm = comp.copy()
+    harm[fg] = np.clip(comp[fg] * np.array([0.9, 1.05, 1.2]) - 8, 0, 255).astype(np.uint8)
+    m = no_reference_metrics(comp, harm, fg)
+    delta, before, after = _grid_definition(comp, harm, fg)
+    assert m.delta_e_fg == pytest.approx(delta, rel=1e-9)
+    assert m.stat_gap_before == pytest.approx(before, rel=1e-9)
+    assert m.stat_gap_after == pytest.approx(after, rel=1e-9)
+    assert m.fg_ratio == fg.mean()  # counted at full resolution
+    comp_lab, harm_lab = sk_rgb2lab(comp), sk_rgb2lab(harm)
+    assert m.delta_e_fg == pytest.approx(sk_delta_e76(comp_lab[fg], harm_lab[fg]).mean(), abs=0.1)
+    assert m.stat_gap_before == pytest.approx(_sk_stat_gap(comp_lab, fg), abs=0.1)
+    assert m.stat_gap_after == pytest.approx(_sk_stat_gap(harm_lab, fg), abs=0.1)
+
+
+def test_no_reference_small_foreground_is_sampled_in_its_own_box() -> None:
+    """A small object in a large image keeps all its pixels (its box has fewer than 2^18)."""
+    h, w = 1200, 1600
+    rng = np.random.default_rng(11)
+    comp = _photo_like(rng, h, w)
+    fg = _ellipse(h, w, 300, 1000, 40, 60)
+    harm = comp.copy()
+    harm[fg] = 255 - comp[fg]
+    m = no_reference_metrics(comp, harm, fg)
+    expected = sk_delta_e76(sk_rgb2lab(comp[fg]), sk_rgb2lab(harm[fg])).mean()
+    assert m.delta_e_fg == pytest.approx(expected, rel=1e-9)
+
+
+def test_no_reference_sees_a_changed_background() -> None:
+    """The background's statistics are reused only when the background is unchanged."""
+    rng = np.random.default_rng(12)
+    truth, comp, mask = _shifted_composite(rng)
+    harm = truth.copy()
+    harm[~mask] = np.clip(harm[~mask].astype(int) + 40, 0, 255).astype(np.uint8)
+    m = no_reference_metrics(comp, harm, mask)
+    assert m.stat_gap_after == pytest.approx(_sk_stat_gap(sk_rgb2lab(harm), mask), rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1000, 1000), (37, 41)])
+@pytest.mark.parametrize("use_gt_bg", [False, True])
+def test_full_resolution_mse_is_exact(shape: tuple[int, int], use_gt_bg: bool) -> None:
+    """Integer sums give the float32-difference / float64-mean value bit for bit."""
+    rng = np.random.default_rng(shape[0])
+    pred = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    gt = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    mask = rng.random(shape) < 0.3
+    a = pred.astype(np.float32)
+    if use_gt_bg:
+        a = np.where(mask[..., None], a, gt.astype(np.float32))
+    expected = float(np.mean((a - gt.astype(np.float32)) ** 2, dtype=np.float64))
+    assert full_resolution_metrics(pred, gt, mask, use_gt_bg=use_gt_bg).mse == expected
+
+
+@pytest.mark.parametrize("size", [(300, 200), (256, 100), (97, 389), (120, 120), (1000, 700)])
+def test_binary_mask_resized_before_dithering_gives_the_reference_pixels(size: tuple[int, int]) -> None:
+    from harmony_ops.metrics import _possible_resize, _protocol_mask
+
+    rng = np.random.default_rng(size[0])
+    w, h = size
+    blocks = rng.random((h // 7 + 1, w // 7 + 1)) < 0.4
+    binary = Image.fromarray(np.kron(blocks, np.ones((7, 7), dtype=bool))[:h, :w].astype(np.uint8) * 255)
+    fast = _protocol_mask(binary, R)
+    reference = _possible_resize(binary.convert("1"), R)
+    assert fast.mode == reference.mode == "1"
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(reference))
+
+
+def test_shared_reference_gives_the_same_numbers(files: dict[str, Path]) -> None:
+    from harmony_ops.metrics import protocol_reference_arrays
+
+    real = np.array(Image.open(files["real_jpg"]).convert("RGB"))
+    grey = np.array(Image.open(files["soft_mask_png"]).convert("L"))
+    ref = protocol_reference_arrays(real, grey)
+    for name in ("pred_png", "pred_jpg", "comp_jpg"):
+        pred = np.array(Image.open(files[name]).convert("RGB"))
+        for use_gt_bg in (False, True):
+            assert evaluate_arrays(pred, real, grey, reference=ref, use_gt_bg=use_gt_bg) == evaluate_arrays(
+                pred, real, grey, use_gt_bg=use_gt_bg)
