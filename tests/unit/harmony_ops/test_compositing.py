@@ -121,6 +121,28 @@ def test_paste_feather_blends_with_rounding() -> None:
     np.testing.assert_array_equal(out[~mask], comp[~mask])
 
 
+@pytest.mark.parametrize("feather", [0, 1, 3])
+def test_paste_region_equals_the_blend_formula(feather: int) -> None:
+    """Where alpha is 1 the harmonized pixel is copied, on the ramp blended: both are
+    round(base + alpha * (src - base)) in float64, bit for bit, also in a box of a larger image."""
+    rng = np.random.default_rng(feather)
+    comp = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[12:50, 15:70] = rng.random((38, 55)) < 0.9
+    box = (10, 8, 74, 55)
+    region = rng.integers(0, 256, (box[3] - box[1], box[2] - box[0], 3), dtype=np.uint8)
+    out = paste_region(comp, region, box, mask, feather=feather)
+    grown = np.zeros((60, 80), dtype=bool)
+    grown[box[1] : box[3], box[0] : box[2]] = mask[box[1] : box[3], box[0] : box[2]]
+    alpha = feather_alpha(grown, feather).astype(np.float64)[..., None]
+    src = np.zeros_like(comp)
+    src[box[1] : box[3], box[0] : box[2]] = region
+    base = comp.astype(np.float64)
+    expected = np.where(grown[..., None], np.clip(np.rint(base + alpha * (src - base)), 0, 255), base).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out.flags.writeable and not np.shares_memory(out, comp)
+
+
 def test_paste_validates_shapes() -> None:
     img = np.zeros((10, 10, 3), dtype=np.uint8)
     with pytest.raises(ValueError):
