@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .imageio import (DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, exif_notes, mask_array,
-                      orient_companion)
+from .imageio import (DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, exif_notes, image_array,
+                      mask_array, orient_companion)
 from schemas.vocabulary import ErrorKind
 
 
@@ -66,6 +66,5 @@ def load_sample(
             raise ImageError(ErrorKind.SIZE_MISMATCH,
                 f"ground truth is {real_img.size[0]}x{real_img.size[1]} but composite is {comp_img.size[0]}x{comp_img.size[1]}",
             )
-        gt = np.asarray(real_img, dtype=np.uint8)
-    return Sample(composite=np.asarray(comp_img, dtype=np.uint8), mask=m, real=gt, notes=notes,
-                  mask_grey=np.asarray(mask_img, dtype=np.uint8))
+        gt = image_array(real_img)
+    return Sample(composite=image_array(comp_img), mask=m, real=gt, notes=notes, mask_grey=image_array(mask_img))

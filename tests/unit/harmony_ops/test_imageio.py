@@ -153,3 +153,38 @@ def test_mask_stored_as_0_1_with_one_value_is_empty_or_full(scene):
         with pytest.raises(ImageError) as e:
             load_sample(png_bytes(comp), png_bytes(m))
         assert e.value.kind == kind
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("size", [(33, 17), (1000, 700), (2400, 1800)])  # the last: RGB in two of Pillow's blocks
+def test_image_array_equals_numpy_asarray(mode, size):
+    from harmony_ops.imageio import image_array
+
+    rng = np.random.default_rng(size[0])
+    channels = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    img = Image.fromarray(rng.integers(0, 256, channels, dtype=np.uint8))
+    cropped = img.crop((3, 2, size[0] - 1, size[1] - 4))  # a fresh image, as after a transpose
+    for im in (img, cropped):
+        got = image_array(im)
+        expected = np.asarray(im)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_image_array_other_modes_go_through_numpy():
+    from harmony_ops.imageio import image_array
+
+    img = Image.new("RGBA", (5, 4), (1, 2, 3, 4))
+    np.testing.assert_array_equal(image_array(img), np.asarray(img))
+
+
+@pytest.mark.parametrize("values", [(0, 255), (0, 1, 255), (0, 128, 255), (0, 254, 255), (3,)])
+def test_mask_array_binary_flag(values):
+    from harmony_ops.imageio import mask_array
+
+    rng = np.random.default_rng(len(values))
+    a = rng.choice(np.array(values, dtype=np.uint8), size=(40, 30))
+    m, non_binary = mask_array(Image.fromarray(a))
+    assert non_binary == (not np.isin(a, (0, 255)).all())
+    np.testing.assert_array_equal(m, (a >= 128).astype(np.float32))
+    assert m.dtype == np.float32
