@@ -9,6 +9,8 @@ Sections (each result records its command, the machine and versions):
    repository's inference script (DataLoader, square resize, refiner at the output size, PNG files).
 3. adaptive: images/s and FLOPs for fixed 1024, fixed 512 and auto on a mixed set.
 4. scaling: pipeline throughput with 1 and 2 model actors, peak host/device memory per actor.
+5. cpu (not in the default list): CPU seconds per image outside the model, per size (1, 4, 12 MP),
+   output format and step, on one pinned core, without Ray, torch or a model (pipelines/jobs/bench/cpu.py).
 Warm-up runs are excluded; figures are medians of repeated runs.
 
 The model section needs torch and diffusers only (no Ray, pandera, s3fs or pydantic), so it also runs on
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 SECTIONS = ("model", "pipeline", "adaptive", "scaling")
+CPU_SECTION = "cpu"  # runs on request only, without a model, torch or Ray
 # Sections planned but not written yet: asking for one is an error that says so.
 SECTIONS_NOT_YET = {"train": "training samples/s is not implemented yet (issue 14: `harmony bench --sections train`)"}
 
@@ -473,27 +476,58 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
-              sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions()) -> dict:
-    """`options` apply to the model section only: the other sections run the engine as the product does."""
+              sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions(),
+              cpu_megapixels=(1, 4, 12)) -> dict:
+    """`options` apply to the model section only: the other sections run the engine as the product does.
+    `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`)."""
     for name in sections:
         if name in SECTIONS_NOT_YET:
             raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
-        if name not in SECTIONS:
-            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+        if name not in SECTIONS + (CPU_SECTION,):
+            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS + (CPU_SECTION,))}")
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="harmony-bench-"))
+    command = "harmony bench " + " ".join(shlex.quote(a) for a in (argv or []))
+    results: dict[str, Any] = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if any(name in SECTIONS for name in sections):
+        _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, device, images, repeats, steps, dtype,
+                            sections, options)
+    else:
+        results["machine"] = cpu_machine()
+    if CPU_SECTION in sections:
+        from pipelines.jobs.bench.cpu import bench_cpu
+
+        print(f"harmony bench: cpu section at {', '.join(map(str, cpu_megapixels))} MP, one core", file=sys.stderr)
+        results["cpu"] = bench_cpu(megapixels=cpu_megapixels, repeats=max(repeats, 3), work=work / "cpu",
+                                   echo=lambda m: print(m, file=sys.stderr))
+
+    (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    md = to_markdown(results)
+    (outdir / "bench.md").write_text(md)
+    print(md)
+    return results
+
+
+def cpu_machine() -> dict[str, Any]:
+    """`machine` without torch (the cpu section never imports it)."""
+    from pipelines.report.versions import versions
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "device": "cpu", "versions": versions()}
+
+
+def _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, device, images, repeats, steps, dtype,
+                        sections, options) -> None:
     from harmony_ops.factory import write_checkpoint
     from harmony_ops.loader import pick_device
 
     dev = pick_device(device)
     device_name = str(dev)
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="harmony-bench-"))
     ckpt = write_checkpoint(work / "ckpt", arch=arch, seed=0)
     engine = _engine(ckpt, device_name, dtype, steps)
-    command = "harmony bench " + " ".join(shlex.quote(a) for a in (argv or []))
-    results: dict[str, Any] = {"command": command.strip(), "arch": arch, "steps": steps,
-                               "dtype": str(engine.sampler.dtype).removeprefix("torch."), "machine": machine(dev),
-                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results.update({"arch": arch, "steps": steps, "dtype": str(engine.sampler.dtype).removeprefix("torch."),
+                    "machine": machine(dev)})
     print(f"harmony bench: {arch} on {device_name} ({results['dtype']}); writing {outdir}", file=sys.stderr)
 
     if "model" in sections:
@@ -544,12 +578,6 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
             print(f"  scaling {actors} actor(s): {images / sec:.3f} img/s", file=sys.stderr)
         results["scaling"] = scaling
 
-    (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
-    md = to_markdown(results)
-    (outdir / "bench.md").write_text(md)
-    print(md)
-    return results
-
 
 def _f(v, digits=3) -> str:
     if v is None:
@@ -561,9 +589,13 @@ def _f(v, digits=3) -> str:
 
 def to_markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"### {r['arch']} on {m.get('gpu', m['processor'])} ({m['device']}, {r['dtype']}, {m['cpus']} CPUs)", "",
-             f"Command: `{r['command']}` — {r['date']}, torch {m['versions'].get('torch')}, "
-             f"diffusers {m['versions'].get('diffusers')}, ray {m['versions'].get('ray')}", ""]
+    if "arch" in r:
+        lines = [f"### {r['arch']} on {m.get('gpu', m['processor'])} ({m['device']}, {r['dtype']}, {m['cpus']} CPUs)", "",
+                 f"Command: `{r['command']}` — {r['date']}, torch {m['versions'].get('torch')}, "
+                 f"diffusers {m['versions'].get('diffusers')}, ray {m['versions'].get('ray')}", ""]
+    else:
+        lines = [f"### CPU work per image on {m['processor']} ({m['cpus']} CPUs)", "",
+                 f"Command: `{r['command']}` — {r['date']}, numpy {m['versions'].get('numpy')}, pillow {m['versions'].get('pillow')}", ""]
     if "model" in r:
         peak = r["model"][0].get("peak_tflops") if r["model"] else None
         opts = r["model"][0].get("options", "sdpa") if r["model"] else "sdpa"
@@ -599,4 +631,8 @@ def to_markdown(r: dict) -> str:
             lines.append(f"| {x['model_actors']} | {_f(x['images_per_s'])} | {_f(x['peak_host_mib_per_actor'], 0)} | "
                          f"{_f(x['peak_device_mib_per_actor'], 0)} |")
         lines.append("")
+    if "cpu" in r:
+        from pipelines.jobs.bench.cpu import cpu_markdown
+
+        lines += cpu_markdown(r["cpu"])
     return "\n".join(lines)

@@ -1,6 +1,13 @@
 """Benchmark building blocks (the figures themselves come from `harmony bench`, never from tests)."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines.jobs.bench.bench import count_flops, median_time, to_markdown
 
@@ -95,3 +102,63 @@ def test_timed_runs_times_the_first_call_apart_and_syncs_each(clock):
     first, times = timed_runs(c.fn, repeats=3, sync=c.sync)
     assert first == 60.5 and times == [2.5, 1.5, 3.5]
     assert c.events == ["sync", "clock", "fn", "sync", "clock"] * 4
+
+
+# --- the cpu section ---------------------------------------------------------------------
+
+
+def test_cpu_section_reports_every_step_per_size_and_format(tmp_path):
+    from pipelines.jobs.bench.cpu import FORMATS, STEPS, bench_cpu, cpu_markdown
+
+    r = bench_cpu(megapixels=(0.02, 0.05), repeats=2, work=tmp_path, echo=lambda m: None)
+    rows = r["rows"]
+    assert [(x["megapixels"], x["format"]) for x in rows] == [(mp, f) for mp in (0.02, 0.05) for f in FORMATS]
+    for x in rows:
+        assert set(x["steps_cpu_s"]) == set(STEPS)
+        assert all(v >= 0 for v in x["steps_cpu_s"].values())
+        # the work each step names happened: the right inputs were read, the output was written
+        assert x["inputs"] == ("png" if x["format"] == "png" else "jpeg")
+        assert x["input_bytes"]["composite"] > 0 and x["output_bytes"] > 0
+        assert x["width"] * x["height"] == pytest.approx(x["megapixels"] * 1e6, rel=0.1)
+        assert 1 <= x["runs"] <= 2 and x["total_cpu_s"] > 0
+        assert ("codec_floor_cpu_s" in x) == (x["format"] == "png")
+    assert r["pinned"]["cv2_threads"] == 1
+    out = Image.open(tmp_path / "0.05mp" / "out.webp")
+    assert out.size == (rows[-1]["width"], rows[-1]["height"])
+    md = "\n".join(cpu_markdown(r))
+    for needle in ("read", "decode (finish)", "plan+crop+resize", "paste", "encode", "write", "metrics", "total",
+                   "PNG codec floor", "above the floor", "| 0.05 MP | webp |"):
+        assert needle in md
+    json.dumps(r)  # bench.json
+
+
+def test_cpu_rows_score_the_pasted_output(tmp_path):
+    """run_row goes through both stages: the metrics it returns are those of the image it wrote."""
+    from harmony_ops.inputs import load_sample
+    from pipelines.jobs.bench.cpu import StepClock, make_inputs, run_row
+    from pipelines.jobs.row_metrics import row_metrics
+
+    paths = make_inputs(tmp_path, 160, 120, 0.2, kinds=("png",))["png"]
+    values = run_row(paths, str(tmp_path / "out.png"), "png", StepClock())
+    sample = load_sample(*(paths[k].read_bytes() for k in ("composite", "mask", "real")))
+    written = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert values == row_metrics(sample, written)
+    assert values["delta_e_fg"] > 0 and not np.array_equal(written, sample.composite)
+
+
+def test_cpu_section_runs_without_torch_or_ray(tmp_path):
+    code = ("import sys\nfrom pipelines.jobs.bench.bench import run_bench\n"
+            f"run_bench(sections=('cpu',), cpu_megapixels=(0.02,), out={str(tmp_path)!r}, argv=['--sections', 'cpu'])\n"
+            "loaded = sorted(m for m in ('torch', 'ray', 'diffusers') if m in sys.modules)\nassert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[4], timeout=300)
+    r = json.loads((tmp_path / "bench.json").read_text())
+    assert [x["format"] for x in r["cpu"]["rows"]] == ["jpg", "webp", "png"]
+    assert r["command"] == "harmony bench --sections cpu"
+    assert "CPU seconds per image" in (tmp_path / "bench.md").read_text()
+
+
+def test_unknown_section_is_refused(tmp_path):
+    from pipelines.jobs.bench.bench import run_bench
+
+    with pytest.raises(ValueError, match="unknown section"):
+        run_bench(sections=("cpu", "gpu"), out=str(tmp_path))
