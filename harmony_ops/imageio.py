@@ -198,31 +198,51 @@ def mask_array(mask: Image.Image) -> tuple[np.ndarray, bool]:
     return (a >= 128).astype(np.float32), not binary
 
 
+def _arrow_pixels(img: Image.Image) -> np.ndarray | None:
+    """A zero-copy uint8 view (H x W x 4 for RGB, stored as RGBX; H x W for L) of an image held in
+    one memory block; None when Pillow holds it in several, or pyarrow is missing."""
+    try:
+        import pyarrow as pa
+
+        arr = pa.array(img)
+    except (ImportError, ValueError):  # "Image rows are not contiguous in memory"
+        return None
+    w, h = img.size
+    child = arr.values if img.mode == "RGB" else arr
+    data = np.frombuffer(child.buffers()[1], dtype=np.uint8, count=child.offset + len(child))[child.offset:]
+    return data.reshape((h, w, 4) if img.mode == "RGB" else (h, w))
+
+
 def image_array(img: Image.Image) -> np.ndarray:
     """The uint8 pixels of an "RGB" (H x W x 3) or "L" (H x W) image: `np.asarray(img)`'s values.
 
     Read through Pillow's Arrow export (zero-copy; RGB is stored as RGBX and repacked by OpenCV),
-    about 8x faster than `np.asarray`. Arrow needs the image in one memory block: Pillow's default
-    16 MiB blocks hold an RGB image of up to ~4 MP (raising the block size makes every larger
-    allocation a fresh mmap, whose page faults cost more than the copy saves: BENCHMARKS.md).
-    Other modes and larger images go through `np.asarray`. The array must not be written to (an
-    "L" image's is a view of the image's memory).
+    4-8x faster than `np.asarray`'s tobytes. Arrow needs rows in one memory block; Pillow's
+    default 16 MiB blocks hold an RGB image of up to ~4 MP, larger ones are read in strips of one
+    block each (a crop, then Arrow). Raising the block size instead makes every larger
+    allocation a fresh mmap, whose page faults cost more than the copy saves (BENCHMARKS.md).
+    Other modes go through `np.asarray`. The array must not be written to (an "L" image's may
+    be a view of the image's memory).
     """
-    if img.mode in ("RGB", "L"):
-        try:
-            import pyarrow as pa
-
-            arr = pa.array(img)
-        except (ImportError, ValueError):  # no pyarrow; rows in several blocks
-            arr = None
-        if arr is not None:
-            w, h = img.size
-            child = arr.values if img.mode == "RGB" else arr
-            data = np.frombuffer(child.buffers()[1], dtype=np.uint8, count=child.offset + len(child))[child.offset:]
-            if img.mode == "L":
-                return data.reshape(h, w)
-            return cv2.cvtColor(data.reshape(h, w, 4), cv2.COLOR_RGBA2RGB)
-    return np.asarray(img, dtype=np.uint8)
+    if img.mode not in ("RGB", "L"):
+        return np.asarray(img, dtype=np.uint8)
+    whole = _arrow_pixels(img)
+    if whole is not None:
+        return cv2.cvtColor(whole, cv2.COLOR_RGBA2RGB) if img.mode == "RGB" else whole
+    w, h = img.size
+    rows = Image.core.get_block_size() // (w * (4 if img.mode == "RGB" else 1))
+    if rows < 1:
+        return np.asarray(img, dtype=np.uint8)
+    out = np.empty((h, w, 3) if img.mode == "RGB" else (h, w), dtype=np.uint8)
+    for y in range(0, h, rows):
+        strip = _arrow_pixels(img.crop((0, y, w, min(h, y + rows))))
+        if strip is None:
+            return np.asarray(img, dtype=np.uint8)
+        if img.mode == "RGB":
+            cv2.cvtColor(strip, cv2.COLOR_RGBA2RGB, dst=out[y : y + len(strip)])
+        else:
+            out[y : y + len(strip)] = strip
+    return out
 
 
 # Encoder settings, chosen for CPU time per image (BENCHMARKS.md, `harmony bench --sections cpu`):

@@ -155,8 +155,11 @@ def test_mask_stored_as_0_1_with_one_value_is_empty_or_full(scene):
         assert e.value.kind == kind
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-@pytest.mark.parametrize("size", [(33, 17), (1000, 700), (2400, 1800)])  # the last: RGB in two of Pillow's blocks
+@pytest.mark.parametrize(("mode", "size"), [
+    ("RGB", (33, 17)), ("L", (33, 17)), ("RGB", (1000, 700)), ("L", (1000, 700)),
+    ("RGB", (2400, 1800)), ("L", (2400, 1800)),  # RGB in two of Pillow's 16 MiB blocks: read in strips
+    ("L", (5000, 3400)),  # L in two blocks
+])
 def test_image_array_equals_numpy_asarray(mode, size):
     from harmony_ops.imageio import image_array
 
