@@ -238,7 +238,8 @@ def bench_cpu(megapixels=(1, 4, 12), formats=FORMATS, repeats: int = 3, fg_ratio
                     clock = StepClock()
                     run_row(paths, out_uri, fmt, clock)
                     runs.append(clock)
-                steps = {s: statistics.median(r.cpu.get(s, 0.0) for r in runs) for s in STEPS}
+                # r.cpu[s], not .get: a step that was not timed is an error, not a zero
+                steps = {s: statistics.median(r.cpu[s] for r in runs) for s in STEPS}
                 row = {"megapixels": mp, "width": w, "height": h, "format": fmt, "inputs": kind, "runs": len(runs),
                        "steps_cpu_s": steps, "total_cpu_s": statistics.median(sum(r.cpu.values()) for r in runs),
                        "total_wall_s": statistics.median(sum(r.wall.values()) for r in runs),
