@@ -17,7 +17,8 @@ Figures are CPU seconds (`time.process_time`, all threads of the process) of eac
 median of up to `repeats` runs after one warm-up (fewer where a run takes over a second or two:
 `_runs`). The measurement runs on one core: the process is
 pinned to a single CPU (`os.sched_setaffinity`, where the OS has it) and OpenCV to one thread,
-so a figure is what one worker core spends per image. The PNG line's codec floor is the time
+so a figure is what one worker core spends per image; the allocator is tuned as the CPU stages tune
+it (`harmony_ops.allocator.keep_freed_memory`). The PNG line's codec floor is the time
 plain Pillow needs for the same PNG decodes and the encode at compress_level=1.
 """
 
@@ -220,8 +221,11 @@ def bench_cpu(megapixels=(1, 4, 12), formats=FORMATS, repeats: int = 3, fg_ratio
     import cv2
     from PIL import Image
 
+    from harmony_ops.allocator import keep_freed_memory
+
     work = Path(work or tempfile.mkdtemp(prefix="harmony-bench-cpu-"))
     rows = []
+    allocator = keep_freed_memory()  # what the CPU stages' setup() does in each worker
     with one_core() as pinned:
         for mp in megapixels:
             w, h = size_of(mp)
@@ -252,15 +256,16 @@ def bench_cpu(megapixels=(1, 4, 12), formats=FORMATS, repeats: int = 3, fg_ratio
                 rows.append(row)
                 extra = f", codec floor {row['codec_floor_cpu_s']:.3f}" if fmt == "png" else ""
                 echo(f"  cpu {mp} MP {fmt}: {row['total_cpu_s']:.3f} CPU s/image ({len(runs)} runs){extra}")
-    return {"rows": rows, "repeats": repeats, "fg_ratio": fg_ratio, "pinned": pinned, "opencv": cv2.__version__,
+    return {"rows": rows, "repeats": repeats, "fg_ratio": fg_ratio, "pinned": pinned, "allocator": allocator, "opencv": cv2.__version__,
             "pillow": Image.__version__, "steps": list(STEPS), "decodes_per_row": DECODES_PER_ROW}
 
 
 def cpu_markdown(c: dict) -> list[str]:
     """The section's tables: steps per size and format, then the PNG codec floor."""
     head = ["read", "decode", "plan+crop+resize", "decode (finish)", "paste", "encode", "write", "metrics"]
+    alloc = "freed memory kept (keep_freed_memory)" if c.get("allocator") else "glibc defaults"
     lines = [f"CPU seconds per image outside the model (one core, median of up to {c['repeats']} runs; foreground {c['fg_ratio']:.0%}; "
-             f"OpenCV {c['opencv']}, Pillow {c['pillow']})", "",
+             f"allocator: {alloc}; OpenCV {c['opencv']}, Pillow {c['pillow']})", "",
              "| size | format | " + " | ".join(head) + " | total | budget |", "|---" * (len(head) + 4) + "|"]
     for r in c["rows"]:
         cells = " | ".join(f"{r['steps_cpu_s'][s]:.4f}" for s in c["steps"])

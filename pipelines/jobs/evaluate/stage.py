@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.compositing import resize_rgb
 from harmony_ops.imageio import ImageError, apply_orientation, decode_image, exif_notes
 from harmony_ops.inputs import Sample, load_sample
@@ -82,6 +83,9 @@ class EvaluateStage(Stage):
     pool: PoolConfig = field(default_factory=PoolConfig)
 
     name = "evaluate"
+
+    def setup(self) -> None:
+        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
 
     @property
     def reads(self) -> tuple[str, ...]:

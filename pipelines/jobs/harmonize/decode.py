@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.inputs import load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
@@ -30,6 +31,9 @@ class DecodeStage(Stage):
     name = "decode"
     reads = ("status", "composite", "mask", "real")
     writes = ENCODED + REGION_COLUMNS + ("fg_bucket", "notes", "seconds_decode")
+
+    def setup(self) -> None:
+        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         opts, policy, retries = self.cfg.storage_options, self.cfg.resolution.policy(), self.cfg.retries

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
@@ -45,6 +46,9 @@ class FinishStage(Stage):
     name = "finish"
     reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS
     writes = ("seconds_finish",) + ROW_METRICS + JOB_COLUMNS
+
+    def setup(self) -> None:
+        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         for i in batch.index[pending(batch)]:
