@@ -2,7 +2,7 @@
 
 glibc returns a freed block of more than 128 KiB-32 MiB to the OS (mmap/munmap, heap trimming), so
 the next image's buffers of the same size are faulted in again page by page: on a 12 MP row that
-is ~400k page faults, about a third of the row's CPU time (BENCHMARKS.md). Keeping freed memory in
+is ~90k page faults, about a quarter of the row's CPU time (BENCHMARKS.md). Keeping freed memory in
 the heap for the next image removes most of them; the price is that a worker's resident memory
 stays at its peak (about 0.7 GB for 12 MP rows) instead of shrinking between images.
 `HARMONY_KEEP_FREED_MEMORY=0` in a worker's environment leaves glibc's defaults.
