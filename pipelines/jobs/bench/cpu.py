@@ -18,7 +18,7 @@ median of up to `repeats` runs after one warm-up (fewer where a run takes over a
 `_runs`). The measurement runs on one core: the process is
 pinned to a single CPU (`os.sched_setaffinity`, where the OS has it) and OpenCV to one thread,
 so a figure is what one worker core spends per image; the allocator is tuned as the CPU stages tune
-it (`harmony_ops.allocator.keep_freed_memory`). The PNG line's codec floor is the time
+it (`harmony_ops.worker.keep_freed_memory`). The PNG line's codec floor is the time
 plain Pillow needs for the same PNG decodes and the encode at compress_level=1.
 """
 
@@ -221,7 +221,7 @@ def bench_cpu(megapixels=(1, 4, 12), formats=FORMATS, repeats: int = 3, fg_ratio
     import cv2
     from PIL import Image
 
-    from harmony_ops.allocator import keep_freed_memory
+    from harmony_ops.worker import keep_freed_memory
 
     work = Path(work or tempfile.mkdtemp(prefix="harmony-bench-cpu-"))
     rows = []

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.compositing import resize_rgb
 from harmony_ops.imageio import ImageError, apply_orientation, decode_image, exif_notes
 from harmony_ops.inputs import Sample, load_sample
 from harmony_ops.metrics import REFERENCE_RESOLUTION, fg_bucket
+from harmony_ops.worker import setup_cpu_worker
 
 from schemas.metrics import COMPARE_METRICS
 
@@ -85,7 +85,7 @@ class EvaluateStage(Stage):
     name = "evaluate"
 
     def setup(self) -> None:
-        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
+        setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
 
     @property
     def reads(self) -> tuple[str, ...]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.inputs import load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
+from harmony_ops.worker import setup_cpu_worker
 from pipelines.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
@@ -33,7 +33,7 @@ class DecodeStage(Stage):
     writes = ENCODED + REGION_COLUMNS + ("fg_bucket", "notes", "seconds_decode")
 
     def setup(self) -> None:
-        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
+        setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         opts, policy, retries = self.cfg.storage_options, self.cfg.resolution.policy(), self.cfg.retries

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harmony_ops.allocator import keep_freed_memory
 from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
+from harmony_ops.worker import setup_cpu_worker
 from pipelines.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
@@ -48,7 +48,7 @@ class FinishStage(Stage):
     writes = ("seconds_finish",) + ROW_METRICS + JOB_COLUMNS
 
     def setup(self) -> None:
-        keep_freed_memory()  # one large image after another: reuse freed buffers (harmony_ops/allocator.py)
+        setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         for i in batch.index[pending(batch)]:

@@ -1,17 +1,20 @@
-"""Allocator settings for processes that handle one large image after another (the CPU stages).
+"""Per-process settings for the CPU stages' workers, which handle one large image after another.
 
-glibc returns a freed block of more than 128 KiB-32 MiB to the OS (mmap/munmap, heap trimming), so
+Memory: glibc returns a freed block of more than 128 KiB-32 MiB to the OS (mmap/munmap, heap trimming), so
 the next image's buffers of the same size are faulted in again page by page: on a 12 MP row that
 is ~90k page faults, about a quarter of the row's CPU time (BENCHMARKS.md). Keeping freed memory in
 the heap for the next image removes most of them; the price is that a worker's resident memory
 stays at its peak (about 0.7 GB for 12 MP rows) instead of shrinking between images.
 `HARMONY_KEEP_FREED_MEMORY=0` in a worker's environment leaves glibc's defaults.
+
+Threads: OpenCV's pool is sized to the worker's CPU share (`limit_threads`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 
 # mallopt parameters (glibc malloc.h)
@@ -53,3 +56,19 @@ def keep_freed_memory() -> dict[str, int] | None:
         return None
     _applied = {"mmap_threshold": mmap, "trim_threshold": TRIM_THRESHOLD}
     return _applied
+
+
+def limit_threads(num_cpus: float) -> int:
+    """OpenCV's thread pool sized to the worker's CPU share (at least one), as the model stage sizes
+    torch's: a task given a quarter of a CPU must not run a thread per core of the node."""
+    import cv2
+
+    n = max(1, math.ceil(num_cpus))
+    cv2.setNumThreads(n)
+    return n
+
+
+def setup_cpu_worker(num_cpus: float) -> None:
+    """What a CPU stage's `setup()` does once per worker process."""
+    keep_freed_memory()
+    limit_threads(num_cpus)
