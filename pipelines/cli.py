@@ -199,7 +199,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     run_bench(arch=a.arch, resolutions=ints(a.resolution), batch_sizes=ints(a.batch_size), device=a.device,
               images=a.images, out=a.out, repeats=a.repeats, steps=a.steps, dtype=a.dtype,
               sections=tuple(a.sections.split(",")), argv=sys.argv[2:], options=options,
-              cpu_megapixels=tuple(float(x) if "." in x else int(x) for x in a.cpu_megapixels.split(",")))
+              cpu_megapixels=tuple(float(x) if "." in x else int(x) for x in a.cpu_megapixels.split(",")),
+              job_rows=a.job_rows)
     return 0
 
 
@@ -321,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sections", default="model,pipeline,adaptive,scaling",
                    help="comma-separated; model runs without Ray (torch and diffusers only), the others start Ray; "
                    "cpu (CPU work per image outside the model) runs without a model, torch or Ray; "
+                   "job (harmonize --engine baseline against a single-process loop, --job-rows rows) starts Ray; "
                    "train (training samples/s) is planned, not implemented")
+    s.add_argument("--job-rows", type=int, default=1200, help="rows of 256x256 composites for the job section")
     s.add_argument("--cpu-megapixels", default="1,4,12", help="image sizes of the cpu section, in megapixels")
     g = s.add_argument_group("model section", "how the model section runs the models (the other sections run them as harmonize does)")
     g.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,

@@ -36,6 +36,7 @@ import numpy as np
 
 SECTIONS = ("model", "pipeline", "adaptive", "scaling")
 CPU_SECTION = "cpu"  # runs on request only, without a model, torch or Ray
+JOB_SECTION = "job"  # on request: the baseline job against a single-process loop (about 2 minutes)
 # Sections planned but not written yet: asking for one is an error that says so.
 SECTIONS_NOT_YET = {"train": "training samples/s is not implemented yet (issue 14: `harmony bench --sections train`)"}
 
@@ -477,14 +478,14 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
               sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions(),
-              cpu_megapixels=(1, 4, 12)) -> dict:
+              cpu_megapixels=(1, 4, 12), job_rows: int = 1200) -> dict:
     """`options` apply to the model section only: the other sections run the engine as the product does.
     `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`)."""
     for name in sections:
         if name in SECTIONS_NOT_YET:
             raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
-        if name not in SECTIONS + (CPU_SECTION,):
-            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS + (CPU_SECTION,))}")
+        if name not in SECTIONS + (CPU_SECTION, JOB_SECTION):
+            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS + (CPU_SECTION, JOB_SECTION))}")
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="harmony-bench-"))
@@ -501,6 +502,12 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
         print(f"harmony bench: cpu section at {', '.join(map(str, cpu_megapixels))} MP, one core", file=sys.stderr)
         results["cpu"] = bench_cpu(megapixels=cpu_megapixels, repeats=max(repeats, 3), work=work / "cpu",
                                    echo=lambda m: print(m, file=sys.stderr))
+
+    if JOB_SECTION in sections:
+        from pipelines.jobs.bench.job import bench_job
+
+        print(f"harmony bench: job section, {job_rows} rows of 256x256", file=sys.stderr)
+        results["job"] = bench_job(job_rows, 256, work / "job", echo=lambda m: print(m, file=sys.stderr))
 
     (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     md = to_markdown(results)
@@ -635,4 +642,8 @@ def to_markdown(r: dict) -> str:
         from pipelines.jobs.bench.cpu import cpu_markdown
 
         lines += cpu_markdown(r["cpu"])
+    if "job" in r:
+        from pipelines.jobs.bench.job import job_markdown
+
+        lines += job_markdown(r["job"])
     return "\n".join(lines)
