@@ -173,7 +173,9 @@ def _decode_pool() -> PoolConfig:
 
 
 def _model_pool() -> PoolConfig:
-    return PoolConfig(num_cpus=1.0, batch_size=4, min_workers=1, max_workers=1)
+    # num_cpus left at PoolConfig's default (1.0) and unset: the job gives the baseline engine a smaller share
+    # when the operator has not chosen one (pipelines/jobs/harmonize/job.py: model_pool).
+    return PoolConfig(batch_size=4, min_workers=1, max_workers=1)
 
 
 def _finish_pool() -> PoolConfig:

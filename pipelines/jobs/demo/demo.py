@@ -45,7 +45,7 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
     cpus = os.cpu_count() or 2
     pools = PoolsConfig(
         decode=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
-        model=PoolConfig(num_cpus=1, batch_size=2, min_workers=1, max_workers=1),
+        model=PoolConfig(batch_size=2, min_workers=1, max_workers=1),  # CPUs: the job's rule per engine
         finish=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
     )
     common = dict(model=ModelConfig(model=model), pools=pools, block_rows=2)

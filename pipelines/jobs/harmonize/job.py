@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
+from pipelines.core.stage import PoolConfig
 from pipelines.errors import JobError
 from pipelines.io.access import checkpoint_refusal
 from pipelines.io.manifest import load_rows
@@ -57,6 +58,23 @@ def check_checkpoint_sources(cfg: HarmonizeJobConfig) -> None:
         why = checkpoint_refusal(uri, cfg.allow_uri)
         if why:
             raise JobError(f"model.{name} {uri}: {why}")
+
+
+# The baseline engine is milliseconds of numpy per row: its pool needs neither a GPU nor a whole CPU, and on a
+# small node a whole CPU held by it would starve the decode and finish tasks that do most of its work.
+BASELINE_MODEL_CPUS = 0.25
+
+
+def model_pool(cfg: HarmonizeJobConfig, has_gpu: bool) -> PoolConfig:
+    """The model stage's pool on this cluster: as configured, except that the baseline engine never takes a
+    GPU and takes `BASELINE_MODEL_CPUS` unless the configuration sets `num_cpus` (or `num_gpus`)."""
+    pool = cfg.pools.model
+    if cfg.model.engine != "baseline":
+        return pool.on_cluster(has_gpu)
+    update: dict = {"num_gpus": 0.0} if pool.num_gpus is None else {}
+    if "num_cpus" not in pool.model_fields_set:
+        update["num_cpus"] = BASELINE_MODEL_CPUS
+    return pool.model_copy(update=update)
 
 
 def config_key(cfg: HarmonizeJobConfig, model_id: str) -> str:
@@ -145,7 +163,7 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     pools = cfg.pools
     stages = [
         DecodeStage(cfg=cfg, needs_resize=needs_resize, pool=pools.decode.on_cluster(False)),
-        ModelStage(cfg=cfg, pool=pools.model.on_cluster(has_gpu)),
+        ModelStage(cfg=cfg, pool=model_pool(cfg, has_gpu)),
         FinishStage(cfg=cfg, model_id=model_id, config_key=key, pool=pools.finish.on_cluster(False)),
     ]
     model = stages[1].pool

@@ -331,3 +331,30 @@ def test_validate_assignment_checks_later_changes():
     cfg = ModelConfig(model="/ckpt")
     with pytest.raises(ValueError):
         cfg.steps = 0
+
+
+# --- the model pool per engine -----------------------------------------------------------------
+
+
+def test_baseline_model_pool_takes_a_light_cpu_share_and_no_gpu():
+    from pipelines.jobs.harmonize.job import BASELINE_MODEL_CPUS, model_pool
+
+    cfg = build(HarmonizeJobConfig, None, dict(JOB_FLAGS))
+    assert cfg.model.engine == "baseline"
+    for has_gpu in (False, True):
+        pool = model_pool(cfg, has_gpu)
+        assert (pool.num_cpus, pool.num_gpus) == (BASELINE_MODEL_CPUS, 0.0)
+    # a pool given without num_cpus (--batch-size, --actors) still gets the light share
+    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "pools": {"model": {"batch_size": 8}}})
+    assert model_pool(cfg, False).num_cpus == BASELINE_MODEL_CPUS
+
+
+def test_model_pool_keeps_what_the_configuration_sets():
+    from pipelines.jobs.harmonize.job import model_pool
+
+    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "pools": {"model": {"num_cpus": 2, "num_gpus": 0.5}}})
+    assert (model_pool(cfg, True).num_cpus, model_pool(cfg, True).num_gpus) == (2, 0.5)
+    diff = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "model": {"model": "ckpt/"}})
+    assert diff.model.engine == "diffharmony"
+    assert (model_pool(diff, True).num_cpus, model_pool(diff, True).num_gpus) == (1.0, 1.0)
+    assert model_pool(diff, False).num_gpus == 0.0
