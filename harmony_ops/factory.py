@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from .checkpoints import NULL_EMBEDDING_FILE, NULL_EMBEDDING_KEY
+from .condition_vae import ConditionVAE
 from .refiner import UNet2DCustom
 
 Arch = Literal["tiny", "sd15-inpaint"]
@@ -135,6 +136,19 @@ def build_unet(arch: Arch, seed: int = 0) -> UNet2DConditionModel:
 def build_vae(arch: Arch, seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed + 1)
     return AutoencoderKL(**VAE_CONFIGS[arch])
+
+
+def build_harmony_vae(arch: Arch, seed: int = 0) -> ConditionVAE:
+    """A Harmony-VAE built from `build_vae(arch, seed)` as the reference's training starts, then its
+    zero-initialised convs (which would make it decode exactly like that VAE) given small random
+    weights, so a test can tell which of the two decoded."""
+    model = ConditionVAE.from_vae(build_vae(arch, seed))
+    gen = torch.Generator().manual_seed(seed + 4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "skip_conv" in name or "add_conv_in" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
 
 
 def build_refiner(arch: Arch, seed: int = 0, init: RefinerInit = "default") -> UNet2DCustom:

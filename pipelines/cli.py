@@ -16,6 +16,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="DiffHarmony checkpoint (diffusers layout), local path or URI")
     g.add_argument("--unet", help="override the UNet (model or pipeline folder)")
     g.add_argument("--vae", help="override the VAE (e.g. sd-vae-ft-mse)")
+    g.add_argument("--harmony-vae", help="Harmony-VAE (DiffHarmony++ condition_vae) URI (default: the model's harmony_vae/ folder)")
+    g.add_argument("--decoder", choices=["auto", "vae", "harmony-vae"], help="auto (default): the Harmony-VAE when there is one")
     g.add_argument("--refiner", help="refinement U-Net URI, 'none', or 'auto' (default: the model's refiner/ folder)")
     g.add_argument("--scheduler", help="euler_a (default), euler, ddim, dpmpp_2m")
     g.add_argument("--steps", type=int, help="denoising steps (default 5)")
@@ -43,6 +45,8 @@ def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
             "unet": a.unet,
             "vae": a.vae,
             "refiner": a.refiner,
+            "harmony_vae": a.harmony_vae,
+            "decoder": a.decoder,
             "scheduler": a.scheduler,
             "steps": a.steps,
             "device": a.device,

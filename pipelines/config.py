@@ -39,6 +39,10 @@ class ModelConfig(Strict):
     steps: int = Field(5, ge=1, le=1000, description="denoising steps (the paper uses 5)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    harmony_vae: str | None = Field(None, description="Harmony-VAE (DiffHarmony++) URI; default: the model's harmony_vae/ folder")
+    decoder: Literal["auto", "vae", "harmony-vae"] = Field(
+        "auto", description="auto: the Harmony-VAE when there is one, else the VAE; vae; harmony-vae (an error without one)"
+    )
     allow_pickle: bool = Field(False, description="allow pickle-based weight files (they can run code when loaded)")
     refine_max_pixels: int = Field(
         DEFAULT_REFINE_MAX_PIXELS, gt=0, description="refine regions larger than this at a reduced scale"
@@ -75,6 +79,8 @@ class ModelConfig(Strict):
             storage_options=storage_options,
             allow_pickle=self.allow_pickle,
             refine_max_pixels=self.refine_max_pixels,
+            harmony_vae=self.harmony_vae,
+            decoder=self.decoder,
         )
 
 
