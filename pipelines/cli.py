@@ -208,11 +208,33 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_make_checkpoint(a: argparse.Namespace) -> int:
-    from harmony_ops.factory import write_checkpoint
+    from harmony_ops.factory import write_archive, write_checkpoint
 
+    if a.archive:
+        if not a.tiny and a.arch != "tiny":
+            raise ValueError("--archive writes the tiny architecture only")
+        out = write_archive(a.dir, seed=a.seed)
+        text = "with" if (out / "base" / "text_encoder").is_dir() else "without (transformers is not installed)"
+        print(f"wrote a tiny archive in the released DiffHarmony layout (seed {a.seed}, {text} a text encoder) to {out}")
+        return 0
     arch = "tiny" if a.tiny else a.arch
     out = write_checkpoint(a.dir, arch=arch, seed=a.seed, refiner=not a.no_refiner)
     print(f"wrote a randomly initialised {arch} checkpoint (seed {a.seed}) to {out}")
+    return 0
+
+
+def cmd_convert_weights(a: argparse.Namespace) -> int:
+    from harmony_ops.convert import convert_weights
+    from pipelines.io.storage import parse_storage_options
+
+    r = convert_weights(a.src, a.dst, unet=a.unet, refiner=a.refiner, harmony_vae=a.harmony_vae, inverse=a.inverse,
+                        inverse_unet=a.inverse_unet, storage_options=parse_storage_options(a.storage_option) or None)
+    for part, used in r.used.items():
+        print(f"{part}: {used}")
+    for note in r.notes:
+        print(f"note: {note}")
+    inverse = f"; inverse model: {r.dst.rstrip('/')}/inverse" if "none" not in r.used["inverse unet"] else ""
+    print(f"wrote {r.dst} (safetensors; model card harmony.json, {len(r.files)} source files){inverse}")
     return 0
 
 
@@ -343,7 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["tiny", "sd15-inpaint"], default="tiny")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-refiner", action="store_true", help="do not write refiner/")
+    s.add_argument("--archive", action="store_true",
+                   help="write an archive in the layout the DiffHarmony authors released (tiny only), for convert-weights")
     s.set_defaults(func=cmd_make_checkpoint)
+
+    s = sub.add_parser("convert-weights", help="turn the released DiffHarmony / DiffHarmony++ archive into safetensors checkpoints")
+    s.add_argument("src", metavar="SRC", help="the unpacked archive (base/, weights-N/, refinement/, condition_vae/, inverse/)")
+    s.add_argument("dst", metavar="DST", help="output checkpoint URI (the inverse model goes to DST/inverse)")
+    for flag, what in (("--unet", "stage-1 UNet (a weights-N/ folder or base/unet)"), ("--refiner", "refiner folder"),
+                       ("--harmony-vae", "Harmony-VAE folder (condition_vae/)"), ("--inverse", "inverse model folder"),
+                       ("--inverse-unet", "inverse UNet folder (a weights-N/ folder under --inverse)")):
+        s.add_argument(flag, metavar="PATH", help=f"the {what}, relative to SRC or absolute; default: found by the layout")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_convert_weights)
     return p
 
 
