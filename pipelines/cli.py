@@ -144,6 +144,11 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         strength=a.strength,
         fmse_range=a.fmse_range,
         max_draws=a.max_draws,
+        method=a.method,
+        candidates=a.candidates,
+        model={"model": a.model, "harmony_vae": a.harmony_vae, "decoder": a.decoder, "scheduler": a.scheduler,
+               "steps": a.steps, "device": a.device, "dtype": a.dtype},
+        model_pool={"batch_size": a.batch_size, "num_gpus": a.gpus_per_actor},
         seed=a.seed,
         limit=a.limit,
         ray_address=a.ray_address,
@@ -300,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", metavar="MIN,MAX", help="perturbation strength range (default 0.5,1.0)")
     s.add_argument("--fmse-range", metavar="MIN,MAX", help="keep composites with fMSE against the real image in range (default 100,5000)")
     s.add_argument("--max-draws", type=int, help="draws per sample until one passes the fMSE filter (default 3)")
+    g = s.add_argument_group("inverse synthesis", "--method inverse: the inverse-harmonization model re-renders the foreground")
+    g.add_argument("--method", choices=["classical", "inverse"], help="classical (default): colour perturbations; inverse: the model")
+    g.add_argument("--model", help="the inverse model checkpoint (e.g. DST/inverse from harmony convert-weights)")
+    g.add_argument("--candidates", type=int, help="seeded candidates per sample; the largest fMSE in --fmse-range is kept (default 4)")
+    g.add_argument("--harmony-vae", help="Harmony-VAE URI for the inverse model's decode")
+    g.add_argument("--decoder", choices=["auto", "vae", "harmony-vae"])
+    g.add_argument("--scheduler", help="euler_a (default), euler, ddim, dpmpp_2m")
+    g.add_argument("--steps", type=int, help="denoising steps (default 5)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--batch-size", type=int, help="input rows per model actor batch")
+    g.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
     s.add_argument("--seed", type=int)
     s.add_argument("--config", help="YAML job config (flags win)")
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
