@@ -126,3 +126,16 @@ def test_without_a_text_encoder_it_falls_back_and_says_so(archive, tmp_path, cap
     assert "falls back to zeros" in out and "dropped safety_checker/, feature_extractor/" in out
     assert "harmony-vae: none found" in out
     assert not (tmp_path / "out" / NULL_EMBEDDING_FILE).exists() and not (tmp_path / "out" / "inverse").exists()
+
+
+def test_dst_may_be_any_fsspec_uri(archive):
+    import fsspec
+
+    dst = "memory://harmony-test/converted"
+    r = convert_weights(str(archive), dst)
+    fs = fsspec.filesystem("memory")
+    names = {p.split("converted/", 1)[1] for p in fs.find("/harmony-test/converted")}
+    assert {"harmony.json", "unet/diffusion_pytorch_model.safetensors", "harmony_vae/config.json",
+            "inverse/unet/diffusion_pytorch_model.safetensors", NULL_EMBEDDING_FILE} <= names
+    assert json.loads(fs.cat_file("/harmony-test/converted/harmony.json"))["parts"] == r.used
+    fs.rm("/harmony-test", recursive=True)
