@@ -203,10 +203,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    from pipelines.config import TrainJobConfig, build
+def _train_flags(a: argparse.Namespace) -> dict:
     from pipelines.io.storage import parse_storage_options
-    from pipelines.jobs.train.driver import run_train
 
     names = ("task", "data", "init", "output", "workers", "gpus_per_worker", "cpus_per_worker", "max_steps", "batch_size",
              "lr", "warmup_steps", "resolution", "checkpoint_every", "validate_every", "log_every", "ema", "precision",
@@ -214,7 +212,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     flags = {k: getattr(a, k) for k in names}
     flags.update(validate=a.validate, force=a.force or None,
                  storage_options=parse_storage_options(a.storage_option) or None, allow_uri=a.allow_uri)
-    cfg = build(TrainJobConfig, a.config, flags)
+    return flags
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from pipelines.config import TrainJobConfig, build
+    from pipelines.jobs.train.driver import run_train
+
+    cfg = build(TrainJobConfig, a.config, _train_flags(a))
     return run_train(cfg).exit_code
 
 
