@@ -58,14 +58,14 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
     with JobRun(cfg, echo) as run:
         run.start_ray()
         ds = decoded_dataset(run, train_rows, cfg, True)
-        val_ref, val_skipped = None, 0
+        val_ref, val_skipped, n_val = None, 0, 0
         if cfg.validate_data:
             vrows = _rows(cfg, cfg.validate_data)
             vrows = vrows[vrows["status"] == Status.PENDING]
             val = decoded_dataset(run, vrows, cfg, False).to_pandas()
             val_skipped = int((val["status"] != "ok").sum())
             val = val[val["status"] == "ok"].head(cfg.validate_rows).reset_index(drop=True)
-            val_ref = ray.put(val) if len(val) else None
+            val_ref, n_val = (ray.put(val) if len(val) else None), len(val)
         fs, path = arrow_filesystem(join(cfg.output, "checkpoints"), cfg.storage_options)
         loop_cfg = dict(cfg.model_dump(include={"task", "init", "resolution", "lr", "weight_decay", "warmup_steps", "ema",
                                                 "ema_decay", "precision", "seed", "max_steps", "batch_size", "plain_mse",
@@ -106,7 +106,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             validation=valid.iloc[-1].to_dict() if len(valid) else None, model=model_uri,
             wall_seconds=run.wall, config=run.config(),
         )
-        write_report(cfg.output, train, valid, cfg.storage_options)
+        write_report(cfg.output, train, valid, cfg.storage_options, grids=min(4, n_val) if len(valid) else 0)
         run.close(summary)
         echo(f"harmony train: {cfg.task} at step {summary['steps']}, loss {summary['final_loss']:.4f}; "
              f"{summary['rows_skipped']} rows skipped; model at {model_uri}")
