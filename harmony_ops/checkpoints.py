@@ -34,6 +34,9 @@ NULL_EMBEDDING_FILE = "null_text_embedding.safetensors"
 NULL_EMBEDDING_KEY = "null_text_embedding"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 CACHE_ENV = "HARMONY_CACHE"
+HARMONY_VAE_DIR = "harmony_vae"
+RELEASED_HARMONY_VAE_DIR = "condition_vae"
+DECODERS = ("auto", "vae", "harmony-vae")
 
 
 class CheckpointError(RuntimeError):
@@ -260,10 +263,14 @@ class ResolvedCheckpoint:
     unet: Path
     vae: Path
     refiner: Path | None
+    harmony_vae: Path | None = None
 
     @property
     def model_id(self) -> str:
-        return fingerprint(self.unet, self.vae, self.root / "scheduler", self.refiner)
+        parts = [self.unet, self.vae, self.root / "scheduler", self.refiner]
+        if self.harmony_vae is not None:  # ids of checkpoints decoded by the plain VAE stay as they were
+            parts.append(self.harmony_vae)
+        return fingerprint(*parts)
 
 
 def resolve_checkpoint(
@@ -273,12 +280,19 @@ def resolve_checkpoint(
     refiner: str | None = "auto",
     storage_options: dict | None = None,
     allow_pickle: bool = False,
+    harmony_vae: str | None = None,
+    decoder: str = "auto",
 ) -> ResolvedCheckpoint:
     """Resolve and check every part before any weights are loaded, so a job fails fast.
 
     refiner: a URI, "none"/None for no refinement, or "auto" for the model's `refiner/`
     folder when it has one.
+    harmony_vae: a Harmony-VAE URI (a `condition_vae/` model folder or a folder holding one);
+    without it, the model's `harmony_vae/` folder when it has one.
+    decoder: "auto" (the Harmony-VAE when there is one), "vae" or "harmony-vae" (an error without one).
     """
+    if decoder not in DECODERS:
+        raise CheckpointError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     root = resolve(model, storage_options)
     unet_dir = component_dir(resolve(unet, storage_options), "unet") if unet else root / "unet"
     vae_dir = component_dir(resolve(vae, storage_options), "vae") if vae else root / "vae"
@@ -296,4 +310,16 @@ def resolve_checkpoint(
         refiner_dir = component_dir(resolve(refiner, storage_options), "refiner")
     if refiner_dir is not None:
         weights_file(refiner_dir, f"refiner ({refiner if refiner != 'auto' else model})", allow_pickle)
-    return ResolvedCheckpoint(root=root, unet=unet_dir, vae=vae_dir, refiner=refiner_dir)
+    harmony_dir: Path | None = None
+    if decoder != "vae":
+        if harmony_vae:
+            found = resolve(harmony_vae, storage_options)
+            harmony_dir = next((d for d in (found, found / HARMONY_VAE_DIR, found / RELEASED_HARMONY_VAE_DIR)
+                                if (d / "config.json").exists()), found)
+        elif (root / HARMONY_VAE_DIR / "config.json").exists():
+            harmony_dir = root / HARMONY_VAE_DIR
+        if harmony_dir is None and decoder == "harmony-vae":
+            raise CheckpointError(f"--decoder harmony-vae: {model} has no {HARMONY_VAE_DIR}/ folder; pass --harmony-vae URI")
+        if harmony_dir is not None:
+            weights_file(harmony_dir, f"harmony-vae ({harmony_vae or model})", allow_pickle)
+    return ResolvedCheckpoint(root=root, unet=unet_dir, vae=vae_dir, refiner=refiner_dir, harmony_vae=harmony_dir)

@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from .checkpoints import NULL_EMBEDDING_FILE, NULL_EMBEDDING_KEY
+from .condition_vae import ConditionVAE
 from .refiner import UNet2DCustom
 
 Arch = Literal["tiny", "sd15-inpaint"]
@@ -137,6 +138,19 @@ def build_vae(arch: Arch, seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(**VAE_CONFIGS[arch])
 
 
+def build_harmony_vae(arch: Arch, seed: int = 0) -> ConditionVAE:
+    """A Harmony-VAE built from `build_vae(arch, seed)` as the reference's training starts, then its
+    zero-initialised convs (which would make it decode exactly like that VAE) given small random
+    weights, so a test can tell which of the two decoded."""
+    model = ConditionVAE.from_vae(build_vae(arch, seed))
+    gen = torch.Generator().manual_seed(seed + 4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "skip_conv" in name or "add_conv_in" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
 def build_refiner(arch: Arch, seed: int = 0, init: RefinerInit = "default") -> UNet2DCustom:
     """The stage-2 refinement U-Net with seeded random weights.
 
@@ -189,4 +203,80 @@ def write_checkpoint(out: str | Path, arch: Arch = "tiny", seed: int = 0, refine
     (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
     if refiner_model is not None:
         refiner_model.save_pretrained(out / "refiner", safe_serialization=True)
+    return out
+
+
+# A tiny CLIP tokenizer vocabulary: the two special tokens and single letters, as vocab.json +
+# merges.txt, the files the released archive's tokenizer/ holds.
+_TINY_VOCAB = {"<|startoftext|>": 0, "<|endoftext|>": 1,
+               **{f"{c}{end}": 2 + 2 * i + j for i, c in enumerate("abcdefghijklmnopqrstuvwxyz") for j, end in enumerate(("", "</w>"))}}
+
+
+def _save_bin(model, folder: Path, weights_name: str) -> None:
+    """A diffusers model folder with pickled weights, as the released base/ pipeline has."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(str(folder))
+    torch.save(model.state_dict(), folder / weights_name)
+
+
+def _write_tiny_text_encoder(base: Path, width: int, seed: int) -> bool:
+    """text_encoder/ (pytorch_model.bin) + tokenizer/ when transformers is installed; False otherwise."""
+    try:
+        from transformers import CLIPTextConfig, CLIPTextModel
+    except ImportError:
+        return False
+    tok = base / "tokenizer"
+    tok.mkdir(parents=True, exist_ok=True)
+    (tok / "vocab.json").write_text(json.dumps(_TINY_VOCAB))
+    (tok / "merges.txt").write_text("#version: 0.2\n")
+    (tok / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    torch.manual_seed(seed + 5)
+    cfg = CLIPTextConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=4,
+                         vocab_size=len(_TINY_VOCAB), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    enc = CLIPTextModel(cfg).eval()
+    (base / "text_encoder").mkdir(exist_ok=True)
+    cfg.save_pretrained(str(base / "text_encoder"))
+    torch.save(enc.state_dict(), base / "text_encoder" / "pytorch_model.bin")
+    return True
+
+
+def write_archive(out: str | Path, seed: int = 0) -> Path:
+    """A tiny archive in the layout the DiffHarmony authors released (see `harmony convert-weights`):
+    base/ (an SD-inpainting pipeline with .bin weights, a tiny CLIP text encoder when transformers is
+    installed, and the safety checker and feature extractor the converter drops), weights-1/ (the
+    fine-tuned stage-1 UNet), refinement/, condition_vae/ (its config with the keys newer diffusers
+    adds) and inverse/weights-1/ (the inverse model's UNet). Random, seeded weights."""
+    out = Path(out)
+    base = out / "base"
+    unet_base = build_unet("tiny", seed)
+    vae = build_vae("tiny", seed)
+    _save_bin(unet_base, base / "unet", "diffusion_pytorch_model.bin")
+    _save_bin(vae, base / "vae", "diffusion_pytorch_model.bin")
+    (base / "scheduler").mkdir(parents=True, exist_ok=True)
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER_CONFIG, indent=2))
+    has_text = _write_tiny_text_encoder(base, unet_base.config.cross_attention_dim, seed)
+    (base / "safety_checker").mkdir(exist_ok=True)
+    (base / "safety_checker" / "config.json").write_text(json.dumps({"_class_name": "StableDiffusionSafetyChecker"}))
+    torch.save({"vision_model.dummy": torch.zeros(2)}, base / "safety_checker" / "pytorch_model.bin")
+    (base / "feature_extractor").mkdir(exist_ok=True)
+    (base / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps({"crop_size": 224}))
+    index = {"_class_name": "StableDiffusionInpaintPipeline", "_diffusers_version": "0.21.0",
+             "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "requires_safety_checker": True}
+    if has_text:
+        index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"])
+    (base / "model_index.json").write_text(json.dumps(index, indent=2))
+    build_unet("tiny", seed + 10).save_pretrained(out / "weights-1", safe_serialization=True)
+    build_refiner("tiny", seed).save_pretrained(out / "refinement", safe_serialization=True)
+    build_harmony_vae("tiny", seed).save_pretrained(out / "condition_vae", safe_serialization=True)
+    cfg_path = out / "condition_vae" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(latents_mean=None, latents_std=None, shift_factor=None, use_quant_conv=True, use_post_quant_conv=True,
+               mid_block_add_attention=True, _name_or_path="checkpoints/condition_vae")
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    build_unet("tiny", seed + 20).save_pretrained(out / "inverse" / "weights-1", safe_serialization=True)
     return out

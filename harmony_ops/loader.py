@@ -8,6 +8,7 @@ import logging
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from .condition_vae import ConditionVAE
 from .checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
 from .defaults import DEFAULT_REFINE_MAX_PIXELS
 from .engines import BaselineEngine, DiffHarmonyEngine
@@ -48,15 +49,25 @@ def load_diffharmony(
     storage_options: dict | None = None,
     allow_pickle: bool = False,
     refine_max_pixels: int = DEFAULT_REFINE_MAX_PIXELS,
+    harmony_vae: str | None = None,
+    decoder: str = "auto",
 ) -> DiffHarmonyEngine:
-    ckpt = resolve_checkpoint(model, unet, vae, refiner, storage_options, allow_pickle)
+    """decoder: "auto" decodes with the Harmony-VAE (DiffHarmony++) when the checkpoint has
+    `harmony_vae/` or `harmony_vae` names one, "vae" with the plain VAE, "harmony-vae" insists."""
+    ckpt = resolve_checkpoint(model, unet, vae, refiner, storage_options, allow_pickle, harmony_vae, decoder)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     unet_m = load_model(UNet2DConditionModel, ckpt.unet, f"unet ({unet or model})", allow_pickle, dt)
-    vae_m = load_model(AutoencoderKL, ckpt.vae, f"vae ({vae or model})", allow_pickle, dt)
+    harmony_m = None
+    if ckpt.harmony_vae is not None:
+        # It replaces the VAE (its encoder is the base VAE's), so the plain VAE is not loaded.
+        harmony_m = load_model(ConditionVAE, ckpt.harmony_vae, f"harmony-vae ({harmony_vae or model})", allow_pickle, dt).eval()
+        vae_m = harmony_m
+    else:
+        vae_m = load_model(AutoencoderKL, ckpt.vae, f"vae ({vae or model})", allow_pickle, dt).eval()
     null, source = load_null_embedding(ckpt.root, unet_m.config.cross_attention_dim, allow_pickle)
-    log.info("empty-text conditioning from %s", source)
-    sampler = DiffHarmonySampler(unet_m.eval(), vae_m.eval(), load_scheduler_config(ckpt.root), null, scheduler)
+    log.info("empty-text conditioning from %s; decoder %s", source, "harmony-vae" if harmony_m is not None else "vae")
+    sampler = DiffHarmonySampler(unet_m.eval(), vae_m, load_scheduler_config(ckpt.root), null, scheduler, harmony_vae=harmony_m)
     sampler.to(dev)
     refiner_m = None
     if ckpt.refiner is not None:

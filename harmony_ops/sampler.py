@@ -7,8 +7,12 @@ src/pipelines/pipeline_stable_diffusion_harmony.py) called with one generator pe
 - the mask is binarised at 0.5 and resized to latent size with nearest interpolation;
 - UNet input = [scaled noisy latents, mask, composite latents] (4 + 1 + 4 = 9 channels);
 - each image's generator is consumed in the reference's order: initial noise, then the
-  VAE posterior noise, then the scheduler's per-step noise. So an image's result depends
-  only on its own seed, never on the other images in its batch.
+  VAE posterior noise, then the scheduler's per-step noise, then (with a Harmony-VAE) the
+  conditional posterior noise of `decode_with_cond`. So an image's result depends only on its
+  own seed, never on the other images in its batch.
+- with a Harmony-VAE (DiffHarmony++), it takes the VAE's place as the reference pipeline does:
+  it encodes the composite (its `encoder` is the base VAE's, frozen in training) and decodes with
+  the full-resolution composite and binary mask as condition.
 Guidance scale is 1.0 as in the paper: with empty text on both branches, classifier-free
 guidance would compute the same prediction twice, so it is not offered.
 Noise is drawn on the CPU and moved to the device, so one seed gives the same noise on
@@ -58,7 +62,9 @@ class DiffHarmonySampler:
         scheduler_config: dict,
         null_embedding: torch.Tensor,
         scheduler: str = DEFAULT_SCHEDULER,
+        harmony_vae=None,
     ):
+        vae = harmony_vae if harmony_vae is not None else vae
         if unet.config.in_channels != 2 * vae.config.latent_channels + 1:
             raise ValueError(
                 f"the UNet takes {unet.config.in_channels} input channels, but an inpainting UNet for this VAE "
@@ -66,6 +72,7 @@ class DiffHarmonySampler:
             )
         self.unet = unet
         self.vae = vae
+        self.harmony_vae = harmony_vae
         self.scheduler_config = dict(scheduler_config)
         self.scheduler_name = scheduler
         make_scheduler(scheduler, self.scheduler_config)  # fail early on a bad name
@@ -133,10 +140,11 @@ class DiffHarmonySampler:
             latents = latents.to(device=device, dtype=dtype)
         latents = latents * sched.init_noise_sigma
 
-        mask = (masks >= 0.5).to(device=device, dtype=dtype)
-        posterior = self.vae.encode(images.to(device=device, dtype=dtype)).latent_dist
+        full_mask = (masks >= 0.5).to(device=device, dtype=dtype)
+        images = images.to(device=device, dtype=dtype)
+        posterior = self.vae.encode(images).latent_dist
         cond_latents = posterior.sample(generator=generators) * self.vae.config.scaling_factor
-        mask = F.interpolate(mask, size=(lh, lw))
+        mask = F.interpolate(full_mask, size=(lh, lw))
         text = self.null_embedding.to(device=device, dtype=dtype).expand(n, -1, -1)
 
         for t in sched.timesteps:
@@ -144,5 +152,9 @@ class DiffHarmonySampler:
             noise_pred = self.unet(model_in, t, encoder_hidden_states=text).sample
             latents = sched.step(noise_pred, t, latents, generator=generators).prev_sample
 
-        out = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        if self.harmony_vae is not None:
+            cond = torch.cat([images, full_mask], dim=1)
+            out = self.harmony_vae.decode_with_cond(latents / self.vae.config.scaling_factor, cond, generator=generators).sample
+        else:
+            out = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return (out / 2 + 0.5).clamp(0, 1).float().cpu()

@@ -16,6 +16,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="DiffHarmony checkpoint (diffusers layout), local path or URI")
     g.add_argument("--unet", help="override the UNet (model or pipeline folder)")
     g.add_argument("--vae", help="override the VAE (e.g. sd-vae-ft-mse)")
+    g.add_argument("--harmony-vae", help="Harmony-VAE (DiffHarmony++ condition_vae) URI (default: the model's harmony_vae/ folder)")
+    g.add_argument("--decoder", choices=["auto", "vae", "harmony-vae"], help="auto (default): the Harmony-VAE when there is one")
     g.add_argument("--refiner", help="refinement U-Net URI, 'none', or 'auto' (default: the model's refiner/ folder)")
     g.add_argument("--scheduler", help="euler_a (default), euler, ddim, dpmpp_2m")
     g.add_argument("--steps", type=int, help="denoising steps (default 5)")
@@ -43,6 +45,8 @@ def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
             "unet": a.unet,
             "vae": a.vae,
             "refiner": a.refiner,
+            "harmony_vae": a.harmony_vae,
+            "decoder": a.decoder,
             "scheduler": a.scheduler,
             "steps": a.steps,
             "device": a.device,
@@ -140,6 +144,11 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         strength=a.strength,
         fmse_range=a.fmse_range,
         max_draws=a.max_draws,
+        method=a.method,
+        candidates=a.candidates,
+        model={"model": a.model, "harmony_vae": a.harmony_vae, "decoder": a.decoder, "scheduler": a.scheduler,
+               "steps": a.steps, "device": a.device, "dtype": a.dtype},
+        model_pool={"batch_size": a.batch_size, "num_gpus": a.gpus_per_actor},
         seed=a.seed,
         limit=a.limit,
         ray_address=a.ray_address,
@@ -224,11 +233,33 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_make_checkpoint(a: argparse.Namespace) -> int:
-    from harmony_ops.factory import write_checkpoint
+    from harmony_ops.factory import write_archive, write_checkpoint
 
+    if a.archive:
+        if not a.tiny and a.arch != "tiny":
+            raise ValueError("--archive writes the tiny architecture only")
+        out = write_archive(a.dir, seed=a.seed)
+        text = "with" if (out / "base" / "text_encoder").is_dir() else "without (transformers is not installed)"
+        print(f"wrote a tiny archive in the released DiffHarmony layout (seed {a.seed}, {text} a text encoder) to {out}")
+        return 0
     arch = "tiny" if a.tiny else a.arch
     out = write_checkpoint(a.dir, arch=arch, seed=a.seed, refiner=not a.no_refiner)
     print(f"wrote a randomly initialised {arch} checkpoint (seed {a.seed}) to {out}")
+    return 0
+
+
+def cmd_convert_weights(a: argparse.Namespace) -> int:
+    from harmony_ops.convert import convert_weights
+    from pipelines.io.storage import parse_storage_options
+
+    r = convert_weights(a.src, a.dst, unet=a.unet, refiner=a.refiner, harmony_vae=a.harmony_vae, inverse=a.inverse,
+                        inverse_unet=a.inverse_unet, storage_options=parse_storage_options(a.storage_option) or None)
+    for part, used in r.used.items():
+        print(f"{part}: {used}")
+    for note in r.notes:
+        print(f"note: {note}")
+    inverse = f"; inverse model: {r.dst.rstrip('/')}/inverse" if "none" not in r.used["inverse unet"] else ""
+    print(f"wrote {r.dst} (safetensors; model card harmony.json, {len(r.files)} source files){inverse}")
     return 0
 
 
@@ -294,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", metavar="MIN,MAX", help="perturbation strength range (default 0.5,1.0)")
     s.add_argument("--fmse-range", metavar="MIN,MAX", help="keep composites with fMSE against the real image in range (default 100,5000)")
     s.add_argument("--max-draws", type=int, help="draws per sample until one passes the fMSE filter (default 3)")
+    g = s.add_argument_group("inverse synthesis", "--method inverse: the inverse-harmonization model re-renders the foreground")
+    g.add_argument("--method", choices=["classical", "inverse"], help="classical (default): colour perturbations; inverse: the model")
+    g.add_argument("--model", help="the inverse model checkpoint (e.g. DST/inverse from harmony convert-weights)")
+    g.add_argument("--candidates", type=int, help="seeded candidates per sample; the largest fMSE in --fmse-range is kept (default 4)")
+    g.add_argument("--harmony-vae", help="Harmony-VAE URI for the inverse model's decode")
+    g.add_argument("--decoder", choices=["auto", "vae", "harmony-vae"])
+    g.add_argument("--scheduler", help="euler_a (default), euler, ddim, dpmpp_2m")
+    g.add_argument("--steps", type=int, help="denoising steps (default 5)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    g.add_argument("--batch-size", type=int, help="input rows per model actor batch")
+    g.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
     s.add_argument("--seed", type=int)
     s.add_argument("--config", help="YAML job config (flags win)")
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
@@ -388,7 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["tiny", "sd15-inpaint"], default="tiny")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-refiner", action="store_true", help="do not write refiner/")
+    s.add_argument("--archive", action="store_true",
+                   help="write an archive in the layout the DiffHarmony authors released (tiny only), for convert-weights")
     s.set_defaults(func=cmd_make_checkpoint)
+
+    s = sub.add_parser("convert-weights", help="turn the released DiffHarmony / DiffHarmony++ archive into safetensors checkpoints")
+    s.add_argument("src", metavar="SRC", help="the unpacked archive (base/, weights-N/, refinement/, condition_vae/, inverse/)")
+    s.add_argument("dst", metavar="DST", help="output checkpoint URI (the inverse model goes to DST/inverse)")
+    for flag, what in (("--unet", "stage-1 UNet (a weights-N/ folder or base/unet)"), ("--refiner", "refiner folder"),
+                       ("--harmony-vae", "Harmony-VAE folder (condition_vae/)"), ("--inverse", "inverse model folder"),
+                       ("--inverse-unet", "inverse UNet folder (a weights-N/ folder under --inverse)")):
+        s.add_argument(flag, metavar="PATH", help=f"the {what}, relative to SRC or absolute; default: found by the layout")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+    s.set_defaults(func=cmd_convert_weights)
     return p
 
 

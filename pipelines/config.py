@@ -39,6 +39,10 @@ class ModelConfig(Strict):
     steps: int = Field(5, ge=1, le=1000, description="denoising steps (the paper uses 5)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    harmony_vae: str | None = Field(None, description="Harmony-VAE (DiffHarmony++) URI; default: the model's harmony_vae/ folder")
+    decoder: Literal["auto", "vae", "harmony-vae"] = Field(
+        "auto", description="auto: the Harmony-VAE when there is one, else the VAE; vae; harmony-vae (an error without one)"
+    )
     allow_pickle: bool = Field(False, description="allow pickle-based weight files (they can run code when loaded)")
     refine_max_pixels: int = Field(
         DEFAULT_REFINE_MAX_PIXELS, gt=0, description="refine regions larger than this at a reduced scale"
@@ -75,6 +79,8 @@ class ModelConfig(Strict):
             storage_options=storage_options,
             allow_pickle=self.allow_pickle,
             refine_max_pixels=self.refine_max_pixels,
+            harmony_vae=self.harmony_vae,
+            decoder=self.decoder,
         )
 
 
@@ -298,6 +304,21 @@ class SynthesizeJobConfig(JobConfig):
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of composite_images/ and real_images/")
     seed: int = Field(0, description="job seed; a sample depends only on it, the row id and the sample number")
     pool: PoolConfig = Field(default_factory=_synthesize_pool, description="the synthesis stage's tasks (CPU); batch_size in input rows")
+    method: Literal["classical", "inverse"] = Field(
+        "classical", description="classical: perturb the foreground's colours; inverse: the inverse-harmonization model "
+        "re-renders it (needs model.model, e.g. DST/inverse from convert-weights)"
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="inverse: the inverse model (DiffHarmony layout)")
+    resolution: ResolutionConfig = Field(default_factory=ResolutionConfig, description="inverse: inference size planning")
+    candidates: int = Field(4, ge=1, le=32, description="inverse: seeded candidates per sample; the largest fMSE in range is kept")
+    model_pool: PoolConfig = Field(default_factory=_model_pool, description="inverse: the model actors (GPU when present); "
+                                   "batch_size in input rows")
+
+    @model_validator(mode="after")
+    def _inverse_needs_a_model(self) -> "SynthesizeJobConfig":
+        if self.method == "inverse" and (self.model.engine != "diffharmony" or not self.model.model):
+            raise ValueError("method inverse needs the inverse model: --model URI (e.g. DST/inverse from harmony convert-weights)")
+        return self
 
     @field_validator("fg_ratio", "strength", "fmse_range", mode="before")
     @classmethod

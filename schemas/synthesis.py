@@ -23,13 +23,15 @@ STATUSES = tuple(DrawStatus)
 # The output manifest: what `harmony harmonize` and `harmony evaluate` read (paths relative to it).
 MANIFEST_COLUMNS = ("id", "composite", "mask", "real", "subset")
 
-STRING_COLUMNS = ("source_id", "status", "mask_source")
+STRING_COLUMNS = ("source_id", "status", "mask_source", "method")
+METHODS = ("classical", "inverse")
 NULLABLE_STRING_COLUMNS = (
-    "id", "name", "reason", "message", "kind", "donor_id", "params",
+    "model", "id", "name", "reason", "message", "kind", "donor_id", "params",
     "composite", "mask", "real", "subset", "source_real", "source_mask", "source_subset", "notes",
 )
 BOOL_COLUMNS = ("kept", "first_of_input")
-NULLABLE_INT_COLUMNS = ("sample", "draw", "mask_index", "width", "height")
+# seed: the noise seed of an inverse-synthesis candidate; candidate: its number (= draw), both null for classical draws
+NULLABLE_INT_COLUMNS = ("sample", "draw", "mask_index", "width", "height", "seed", "candidate")
 # Scalar copies of the main parameters (null where the kind does not use them) and per-sample statistics
 # of the stored composite against the stored real image (iHarmony4 protocol at 256 px).
 PARAM_COLUMNS = ("strength", "exposure_ev", "gamma", "contrast", "temperature", "tint", "saturation")
@@ -37,7 +39,8 @@ STAT_COLUMNS = ("fg_ratio", "mse", "psnr", "fmse", "fpsnr", "fg_delta_l", "fg_de
 FLOAT_COLUMNS = PARAM_COLUMNS + STAT_COLUMNS
 
 COLUMNS = (
-    ("id", "source_id", "name", "sample", "draw", "mask_index", "status", "kept", "reason", "message", "kind")
+    ("id", "source_id", "name", "method", "model", "sample", "draw", "candidate", "seed", "mask_index", "status", "kept",
+     "reason", "message", "kind")
     + PARAM_COLUMNS + ("donor_id", "params") + STAT_COLUMNS
     + ("width", "height", "mask_source", "composite", "mask", "real", "subset",
        "source_real", "source_mask", "source_subset", "notes", "first_of_input")
@@ -48,11 +51,12 @@ class SynthesisParams(pa.DataFrameModel):
     source_id: Series[str]
     status: Series[str] = pa.Field(isin=STATUSES)
     mask_source: Series[str] = pa.Field(isin=("given", "ellipse", "box", "blob"))
+    method: Series[str] = pa.Field(isin=METHODS)
     kept: Series[bool]
     first_of_input: Series[bool]
     id: Series[str] = pa.Field(nullable=True)
     reason: Series[str] = pa.Field(nullable=True)
-    kind: Series[str] = pa.Field(nullable=True, isin=("colour_transfer", "tone", "day_night"))
+    kind: Series[str] = pa.Field(nullable=True, isin=("colour_transfer", "tone", "day_night", "inverse"))
     sample: Series[pd.Int64Dtype] = pa.Field(nullable=True, ge=1)
     draw: Series[pd.Int64Dtype] = pa.Field(nullable=True, ge=0)
     fg_ratio: Series[float] = pa.Field(nullable=True, ge=0, le=1)

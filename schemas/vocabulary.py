@@ -73,6 +73,7 @@ class ErrorKind(StrEnum):
     FMSE_UNDEFINED = "fmse_undefined"
     FMSE_BELOW_RANGE = "fmse_below_range"
     FMSE_ABOVE_RANGE = "fmse_above_range"
+    NOT_SELECTED = "not_selected"  # inverse synthesis: another candidate in range had a larger fMSE
 
 
 # Foreground-ratio buckets of the iHarmony4 protocol: [0, 5%), [5%, 15%), [15%, 100%].

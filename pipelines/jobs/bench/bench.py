@@ -128,6 +128,7 @@ def count_flops(arch: str, width: int, height: int, steps: int) -> dict[str, flo
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harmony_ops.condition_vae import ConditionVAE
     from harmony_ops.factory import REFINER_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
     from harmony_ops.refiner import UNet2DCustom
 
@@ -140,6 +141,7 @@ def count_flops(arch: str, width: int, height: int, steps: int) -> dict[str, flo
         unet = UNet2DConditionModel(**UNET_CONFIGS[arch])
         vae = AutoencoderKL(**VAE_CONFIGS[arch])
         refiner = UNet2DCustom(**REFINER_CONFIGS[arch])
+        harmony_vae = ConditionVAE(**VAE_CONFIGS[arch], additional_in_channels=1)
         f = 2 ** (len(vae.config.block_out_channels) - 1)
         lat = torch.zeros(1, 4, height // f, width // f)
         text = torch.zeros(1, 77, unet.config.cross_attention_dim)
@@ -148,6 +150,8 @@ def count_flops(arch: str, width: int, height: int, steps: int) -> dict[str, flo
             "unet_step": flops(lambda: unet(torch.zeros(1, 9, height // f, width // f), torch.tensor(1), encoder_hidden_states=text)),
             "vae_decode": flops(lambda: vae.decode(lat)),
             "refiner": flops(lambda: refiner(torch.zeros(1, refiner.config.in_channels, height, width))),
+            # what the Harmony-VAE (DiffHarmony++) adds to a decode: its conditional encoder over composite + mask
+            "harmony_cond_encoder": flops(lambda: harmony_vae.conditional_encoder(torch.zeros(1, 4, height, width))),
         }
     out["stage1"] = out["vae_encode"] + steps * out["unet_step"] + out["vae_decode"]
     return out
@@ -299,6 +303,16 @@ def model_row(engine, arch: str, res: int, bs: int, repeats: int, steps: int, pe
         t2 = statistics.median(rtimes)
         row.update(refiner_s_per_image=t2 / bs, refiner_images_per_s=bs / t2, refiner_gflop_per_image=fl["refiner"] / 1e9,
                    refiner_tflops=fl["refiner"] * bs / t2 / 1e12, refiner_spread=(max(rtimes) - min(rtimes)) / t2)
+    hvae = _harmony_vae(engine)
+    cond = torch.cat([images, masks], 1).to(device, hvae.dtype)
+
+    def cond_encode():
+        with torch.inference_mode():
+            hvae.conditional_encoder(cond)
+
+    _, ctimes = timed_runs(cond_encode, repeats, sync=sync)
+    row.update(harmony_cond_encoder_s_per_image=statistics.median(ctimes) / bs,
+               harmony_cond_encoder_gflop_per_image=fl["harmony_cond_encoder"] / 1e9)
     if peak:
         row["stage1_utilisation"] = row["stage1_tflops"] / peak
         if "refiner_tflops" in row:
@@ -308,6 +322,19 @@ def model_row(engine, arch: str, res: int, bs: int, repeats: int, steps: int, pe
     if cuda:
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
+
+
+def _harmony_vae(engine):
+    """A Harmony-VAE built from the engine's VAE (same widths, device, dtype), made once per engine: the
+    bench measures what decoding with one would add, whether or not the checkpoint has one."""
+    hvae = getattr(engine, "_bench_harmony_vae", None)
+    if hvae is None:
+        from harmony_ops.condition_vae import ConditionVAE
+
+        vae = engine.sampler.vae
+        hvae = ConditionVAE.from_vae(vae).eval().to(vae.device, vae.dtype)
+        engine._bench_harmony_vae = hvae
+    return hvae
 
 
 def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps, options: ModelOptions = ModelOptions()) -> list[dict]:
@@ -322,7 +349,8 @@ def bench_model(engine, arch, resolutions, batch_sizes, repeats, steps, options:
                 row = model_row(engine, arch, res, bs, repeats, steps, peak, options, peak_note)
                 rows.append(row)
                 print(f"  model {res}px batch {bs} ({options.label()}): stage1 {row['stage1_images_per_s']:.3f} img/s "
-                      f"({row['stage1_tflops']:.3f} TFLOP/s), refiner {row.get('refiner_images_per_s', float('nan')):.3f} img/s",
+                      f"({row['stage1_tflops']:.3f} TFLOP/s), refiner {row.get('refiner_images_per_s', float('nan')):.3f} img/s, "
+                      f"Harmony-VAE conditional encoder {row['harmony_cond_encoder_s_per_image']:.4f} s/img",
                       file=sys.stderr)
     finally:
         tuned.reset()  # the other sections run the engine as the product does
@@ -600,13 +628,15 @@ def to_markdown(r: dict) -> str:
         peak = r["model"][0].get("peak_tflops") if r["model"] else None
         opts = r["model"][0].get("options", "sdpa") if r["model"] else "sdpa"
         lines += [f"Model throughput ({r['steps']} steps, {opts}; peak {_f(peak)} TFLOP/s: {r['model'][0].get('peak_note', '')})", "",
-                  "| resolution | batch | stage 1 img/s | s/img | GFLOP/img | TFLOP/s | utilisation | refiner img/s | refiner GFLOP/img |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| resolution | batch | stage 1 img/s | s/img | GFLOP/img | TFLOP/s | utilisation | refiner img/s | refiner GFLOP/img "
+                  "| Harmony-VAE cond. encoder s/img | its GFLOP/img |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in r["model"]:
             util = x.get("stage1_utilisation")
             lines.append(f"| {x['resolution']} | {x['batch_size']} | {_f(x['stage1_images_per_s'])} | {_f(x['stage1_s_per_image'])} | "
                          f"{_f(x['stage1_gflop_per_image'], 1)} | {_f(x['stage1_tflops'])} | {'-' if util is None else f'{util:.1%}'} | "
-                         f"{_f(x.get('refiner_images_per_s'))} | {_f(x.get('refiner_gflop_per_image'), 1)} |")
+                         f"{_f(x.get('refiner_images_per_s'))} | {_f(x.get('refiner_gflop_per_image'), 1)} | "
+                         f"{_f(x.get('harmony_cond_encoder_s_per_image'))} | {_f(x.get('harmony_cond_encoder_gflop_per_image'), 1)} |")
         lines.append("")
     if "pipeline" in r:
         p = r["pipeline"]

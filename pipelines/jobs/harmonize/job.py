@@ -44,7 +44,7 @@ def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
     from harmony_ops.checkpoints import resolve_checkpoint
 
     check_checkpoint_sources(cfg)
-    ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle)
+    ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle, m.harmony_vae, m.decoder)
     return ckpt.model_id, True
 
 
@@ -53,7 +53,7 @@ def check_checkpoint_sources(cfg: HarmonizeJobConfig) -> None:
     raises JobError naming the field."""
     m = cfg.model
     refiner = None if m.refiner in (None, "auto", "none") else m.refiner
-    for name, uri in (("model", m.model), ("unet", m.unet), ("vae", m.vae), ("refiner", refiner)):
+    for name, uri in (("model", m.model), ("unet", m.unet), ("vae", m.vae), ("refiner", refiner), ("harmony_vae", m.harmony_vae)):
         why = checkpoint_refusal(uri, cfg.allow_uri)
         if why:
             raise JobError(f"model.{name} {uri}: {why}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from harmony_ops.regions import PIXEL_COLUMNS, PLAN_COLUMNS, Prepared, pack
-from pipelines.config import HarmonizeJobConfig
+from pipelines.config import HarmonizeJobConfig, ModelConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from schemas.vocabulary import ErrorKind
 
@@ -28,18 +28,7 @@ class ModelStage(Stage):
     writes = ("result_rgb", "seconds_stage1", "seconds_refine", "model_peak_host_mib", "model_peak_device_mib")
 
     def setup(self) -> None:
-        import torch
-
-        from harmony_ops.loader import load_engine
-
-        m = self.cfg.model
-        kwargs = m.engine_kwargs(self.cfg.storage_options)
-        if not self.pool.num_gpus:
-            # A CPU actor must not grab a GPU it was not given, nor more threads than its CPUs.
-            torch.set_num_threads(max(1, math.ceil(self.pool.num_cpus)))
-            if kwargs.get("device") == "auto":
-                kwargs["device"] = "cpu"
-        self.engine = load_engine(m.engine, **kwargs)
+        self.engine = load_actor_engine(self.cfg.model, self.pool, self.cfg.storage_options)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         idx = list(batch.index[pending(batch)])
@@ -71,6 +60,21 @@ class ModelStage(Stage):
                 "model_peak_host_mib": host_mib, "model_peak_device_mib": device_mib, "result_rgb": pack(region),
                 "seconds_stage1": result.seconds.get("stage1", 0.0) / n, "seconds_refine": result.seconds.get("refine", 0.0) / n,
             })
+
+
+def load_actor_engine(m: ModelConfig, pool: PoolConfig, storage_options: dict | None):
+    """The engine of one model actor (harmonize, inverse synthesis), loaded once in its setup."""
+    import torch
+
+    from harmony_ops.loader import load_engine
+
+    kwargs = m.engine_kwargs(storage_options)
+    if not pool.num_gpus:
+        # A CPU actor must not grab a GPU it was not given, nor more threads than its CPUs.
+        torch.set_num_threads(max(1, math.ceil(pool.num_cpus)))
+        if kwargs.get("device") == "auto":
+            kwargs["device"] = "cpu"
+    return load_engine(m.engine, **kwargs)
 
 
 def _peak_memory_mib() -> tuple[float, float | None]:

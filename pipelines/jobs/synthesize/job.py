@@ -32,7 +32,7 @@ from pipelines.io.storage import arrow_filesystem, filesystem, join
 from pipelines.io.tables import parquet_files, write_parquet_stream, write_table_atomic
 from pipelines.jobs.synthesize.donors import DonorStatsStage, donor_pool_from
 from pipelines.jobs.synthesize.sources import COMPOSITES, INPUT_COLUMNS, MASKS, REALS
-from pipelines.jobs.synthesize.stage import SynthesizeStage
+from pipelines.jobs.synthesize.stage import InverseSynthesizeStage, SynthesizeStage
 from schemas.synthesis import MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
 from schemas.vocabulary import DrawStatus, ErrorKind
 
@@ -103,8 +103,11 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
         manifest_format(cfg.manifest)  # before starting Ray: a name that cannot be a manifest
     except ManifestError as exc:
         raise JobError(str(exc)) from exc
+    model_id = inverse_model_id(cfg)  # before starting Ray: a checkpoint that cannot load
     run.start_ray()
     ds, columns = read_input(cfg)
+    if cfg.method == "inverse":
+        return _finish(run, cfg, echo, ds, None, _inverse_stage(cfg, model_id, echo))
     weights = normalise_weights(cfg.kinds)
     echo(
         f"harmony synthesize: {cfg.manifest} -> {cfg.output}; masks {cfg.mask_source}"
@@ -120,7 +123,38 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
         if len(donors) < 2:
             echo("warning: fewer than 2 donors; colour-transfer draws without a donor are rejected (no_donor)")
 
-    stage = SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pool.on_cluster(False))
+    return _finish(run, cfg, echo, ds, donors, SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pool.on_cluster(False)))
+
+
+def inverse_model_id(cfg: SynthesizeJobConfig) -> str | None:
+    """The inverse model's id, after checking every part of its checkpoint (None for classical synthesis)."""
+    if cfg.method != "inverse":
+        return None
+    from harmony_ops.checkpoints import resolve_checkpoint
+    from pipelines.io.access import checkpoint_refusal
+
+    m = cfg.model
+    why = checkpoint_refusal(m.model, cfg.allow_uri)
+    if why:
+        raise JobError(f"model.model {m.model}: {why}")
+    return resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle, m.harmony_vae, m.decoder).model_id
+
+
+def _inverse_stage(cfg: SynthesizeJobConfig, model_id: str, echo) -> SynthesizeStage:
+    import ray
+
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    echo(
+        f"harmony synthesize: {cfg.manifest} -> {cfg.output}; method inverse, model {cfg.model.model} ({model_id}), "
+        f"masks {cfg.mask_source}, {cfg.per_image} per image, {cfg.candidates} candidates per sample, keeping the largest "
+        f"fMSE in {cfg.fmse_range[0]:g}-{cfg.fmse_range[1]:g}, seed {cfg.seed}, model actors on {'GPU' if has_gpu else 'CPU'}"
+        + (f", first {cfg.limit} rows" if cfg.limit else "")
+    )
+    echo("note: the reference ranks candidates with a classifier whose weights are not released; the fMSE rule stands in")
+    return InverseSynthesizeStage(cfg=cfg, model_id=model_id, pool=cfg.model_pool.on_cluster(has_gpu))
+
+
+def _finish(run: JobRun, cfg: SynthesizeJobConfig, echo, ds, donors: DonorPool | None, stage: SynthesizeStage) -> JobResult:
     # Each finished block's parameter rows go to the journal as the job streams; assembly reads the parts.
     run.stream(ds, [stage], finalize=to_arrow, columns=ds.columns(), read_back=False)
     counts = assemble(cfg, run.journal)
@@ -128,6 +162,8 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
     summary = {
         "counts": counts,
         "donors": None if donors is None else {"count": len(donors), "pool": cfg.donor_pool},
+        "method": cfg.method,
+        "model": stage.model_id,
         "seconds": wall,
         "config": run.config(),
         "files": {"manifest": MANIFEST_FILE, "params": PARAMS_FILE, "composites": COMPOSITES, "masks": MASKS, "reals": REALS},
@@ -198,7 +234,11 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
             counts["failed"] += int(((status == DrawStatus.FAILED) & ~drawn).sum())  # input rows that could not be used
             counts["write_failed"] += int(((status == DrawStatus.FAILED) & drawn).sum())  # kept draws whose files failed
             counts["invalid"] += int((first & (status == DrawStatus.INVALID)).sum())
-            counts["unfilled_samples"] += int(((status == DrawStatus.REJECTED) & (part["draw"] == cfg.max_draws - 1)).sum())
+            if cfg.method == "inverse":  # all candidates are drawn: a sample is unfilled when none was kept
+                evaluated = part[drawn & status.isin([DrawStatus.KEPT, DrawStatus.REJECTED])]
+                counts["unfilled_samples"] += int((~evaluated.groupby(["source_id", "sample"])["kept"].any()).sum())
+            else:
+                counts["unfilled_samples"] += int(((status == DrawStatus.REJECTED) & (part["draw"] == cfg.max_draws - 1)).sum())
             for kind, n in part.loc[part["kept"], "kind"].value_counts().items():
                 by_kind[kind] += int(n)
             for reason, n in part.loc[~part["kept"], "reason"].value_counts().items():

@@ -31,13 +31,14 @@ def sanitise_name(row_id: str) -> str:
     return row_id.replace("_", "-")
 
 
-def layout(name: str, m: int, k: int) -> dict[str, str]:
+def layout(name: str, m: int, k: int, composite_ext: str = "jpg") -> dict[str, str]:
     """Paths relative to the output prefix, in iHarmony4 naming: real `<name>.jpg`, mask
-    `<name>_<m>.png`, composite `<name>_<m>_<k>.jpg`; `id` is the composite's stem."""
+    `<name>_<m>.png`, composite `<name>_<m>_<k>.jpg` (`.png` for inverse synthesis, whose background
+    must stay bit-identical); `id` is the composite's stem."""
     sample_id = f"{name}_{m}_{k}"
     return {
         "id": sample_id,
-        "composite": f"{COMPOSITES}/{sample_id}.jpg",
+        "composite": f"{COMPOSITES}/{sample_id}.{composite_ext}",
         "mask": f"{MASKS}/{name}_{m}.png",
         "real": f"{REALS}/{name}.jpg",
     }

@@ -40,9 +40,11 @@ class SynthesizeStage(Stage):
     cfg: SynthesizeJobConfig
     donors: DonorPool | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
+    model_id: str | None = None
 
     name = "synthesize"
     keeps_rows = False
+    composite_ext = "jpg"
     writes = tuple(SCHEMA.names)
 
     @property
@@ -71,6 +73,8 @@ class SynthesizeStage(Stage):
             "source_real": text_cell(resolve_uri(base, rec.get("real"))),
             "source_mask": text_cell(resolve_uri(base, rec.get("mask"))) if cfg.mask_source == "given" else None,
             "source_subset": text_cell(rec.get("subset")),
+            "method": cfg.method,
+            "model": self.model_id,
             "kept": False,
             "first_of_input": False,
         }
@@ -101,30 +105,50 @@ class SynthesizeStage(Stage):
         written: set[str] = set()
         for k in range(1, cfg.per_image + 1):
             m = mask_index(cfg, k)
-            paths = layout(name, m, k)
+            paths = layout(name, m, k, self.composite_ext)
             try:
                 mask, mask_params = sample_mask(cfg, source_id, source, k)
             except ImageError as exc:
                 return rows + [{**common, "status": DrawStatus.FAILED, "reason": exc.kind, "message": str(exc)}]
             fg = mask >= 0.5
-            real_fg_lab = rgb_to_lab(real_stored[fg])
-            for d in range(cfg.max_draws):
-                row = {**common, "id": paths["id"], "sample": k, "draw": d, "mask_index": m,
-                       "fg_ratio": float(fg.mean())}
-                row.update(self._draw(source, mask, mask_params, real_stored, real_fg_lab, source_id, k, d))
+            base = {**common, "id": paths["id"], "sample": k, "mask_index": m, "fg_ratio": float(fg.mean())}
+            drawn = self._sample_draws(base, source, mask, mask_params, real_stored, rgb_to_lab(real_stored[fg]), source_id, k)
+            for row in drawn:
                 if row["status"] == DrawStatus.KEPT:
-                    try:
-                        self._write(paths, real_jpg, mask, row.pop("_composite_jpg"), written)
-                    except Exception as exc:  # noqa: BLE001
-                        kind, message = classify(exc, ErrorKind.WRITE_ERROR)
-                        row.update(status=DrawStatus.FAILED, kept=False, reason=kind, message=message[:2000])
-                    else:
-                        row.update({c: paths[c] for c in ("composite", "mask", "real")}, subset=row["kind"])
-                row.pop("_composite_jpg", None)
-                rows.append(row)
-                if row["status"] != DrawStatus.REJECTED:
-                    break
+                    self._keep(row, paths, real_jpg, mask, written)
+                row.pop("_composite", None)
+            rows.extend(drawn)
         return rows
+
+    def _sample_draws(self, base: dict, source: Source, mask: np.ndarray, mask_params: dict | None, real_stored: np.ndarray,
+                      real_fg_lab: np.ndarray, source_id: str, k: int) -> list[dict]:
+        """One sample's draws, in order, until one passes the fMSE filter (at most `max_draws`)."""
+        rows = []
+        for d in range(self.cfg.max_draws):
+            rows.append({**base, "draw": d, **self._draw(source, mask, mask_params, real_stored, real_fg_lab, source_id, k, d)})
+            if rows[-1]["status"] != DrawStatus.REJECTED:
+                break
+        return rows
+
+    def _keep(self, row: dict, paths: dict, real_jpg: bytes, mask: np.ndarray, written: set) -> None:
+        """Write a kept draw's files; a storage failure fails the draw, not the job."""
+        try:
+            self._write(paths, real_jpg, mask, row["_composite"], written)
+        except Exception as exc:  # noqa: BLE001
+            kind, message = classify(exc, ErrorKind.WRITE_ERROR)
+            row.update(status=DrawStatus.FAILED, kept=False, reason=kind, message=message[:2000])
+        else:
+            row.update({c: paths[c] for c in ("composite", "mask", "real")}, subset=row["kind"])
+
+    def _statistics(self, comp_stored: np.ndarray, real_stored: np.ndarray, mask: np.ndarray, real_fg_lab: np.ndarray) -> tuple[dict, object]:
+        """The parameter table's statistics of a stored composite against the stored real image, and its metrics."""
+        metrics = evaluate_arrays(comp_stored, real_stored, mask)
+        comp_fg_lab = rgb_to_lab(comp_stored[mask >= 0.5])
+        return dict(
+            mse=metrics.mse, psnr=metrics.psnr, fmse=metrics.fmse, fpsnr=metrics.fpsnr,
+            fg_delta_l=float(comp_fg_lab[:, 0].mean() - real_fg_lab[:, 0].mean()),
+            fg_delta_e=float(delta_e76(comp_fg_lab, real_fg_lab).mean()),
+        ), metrics
 
     def _draw(self, source: Source, mask: np.ndarray, mask_params: dict | None, real_stored: np.ndarray,
               real_fg_lab: np.ndarray, source_id: str, k: int, d: int) -> dict:
@@ -145,20 +169,14 @@ class SynthesizeStage(Stage):
             params["mask"] = mask_params
         out.update({c: params.get(c) for c in SCALAR_PARAMS}, donor_id=params.get("donor_id"), params=_json(params))
         comp_jpg = encode_image(comp, "jpg", cfg.jpeg_quality)
-        comp_stored = _decode_stored(comp_jpg)
-        metrics = evaluate_arrays(comp_stored, real_stored, mask)
-        comp_fg_lab = rgb_to_lab(comp_stored[mask >= 0.5])
-        out.update(
-            mse=metrics.mse, psnr=metrics.psnr, fmse=metrics.fmse, fpsnr=metrics.fpsnr,
-            fg_delta_l=float(comp_fg_lab[:, 0].mean() - real_fg_lab[:, 0].mean()),
-            fg_delta_e=float(delta_e76(comp_fg_lab, real_fg_lab).mean()),
-        )
+        stats, metrics = self._statistics(_decode_stored(comp_jpg), real_stored, mask, real_fg_lab)
+        out.update(stats)
         reason = filter_reason(metrics.fmse, cfg.fmse_range)
         if reason is not None:
             lo_f, hi_f = cfg.fmse_range
             return {**out, "status": DrawStatus.REJECTED, "reason": reason,
                     "message": f"fMSE {metrics.fmse:.1f} outside [{lo_f:g}, {hi_f:g}]"}
-        return {**out, "status": DrawStatus.KEPT, "kept": True, "reason": None, "message": None, "_composite_jpg": comp_jpg}
+        return {**out, "status": DrawStatus.KEPT, "kept": True, "reason": None, "message": None, "_composite": comp_jpg}
 
     def _write(self, paths: dict, real_jpg: bytes, mask: np.ndarray, comp_jpg: bytes, written: set) -> None:
         """Real image and mask once (when a first sample uses them), then the composite, each atomically."""
@@ -170,6 +188,65 @@ class SynthesizeStage(Stage):
             write_with_retries(join(cfg.output, paths["mask"]), _grey_png(mask), cfg.storage_options, cfg.retries)
             written.add(paths["mask"])
         write_with_retries(join(cfg.output, paths["composite"]), comp_jpg, cfg.storage_options, cfg.retries)
+
+
+@dataclass
+class InverseSynthesizeStage(SynthesizeStage):
+    """Inverse harmonization (DiffHarmony's training-data path): the inverse model re-renders the real
+    image's foreground (the stage-1 sampler with the real image where a composite would go) and the
+    result is pasted onto the stored real image, so the background is bit-identical to it (composites
+    are PNG, unlike the reference's JPEG path). Each sample gets `candidates` seeded renderings; the one
+    whose fMSE lies in range and is largest is kept. The reference ranks candidates with a classifier
+    whose weights were never released, so the fMSE rule stands in for it. A stateful stage: the
+    model loads once per actor, on a GPU when the cluster has one."""
+
+    name = "inverse_synthesize"
+    stateful = True
+    composite_ext = "png"
+
+    def setup(self) -> None:
+        from pipelines.jobs.harmonize.model import load_actor_engine
+
+        self.engine = load_actor_engine(self.cfg.model, self.pool, self.cfg.storage_options)
+
+    def _sample_draws(self, base: dict, source: Source, mask: np.ndarray, mask_params: dict | None, real_stored: np.ndarray,
+                      real_fg_lab: np.ndarray, source_id: str, k: int) -> list[dict]:
+        from harmony_ops.regions import finish, prepare
+        from pipelines.io.manifest import row_seed
+
+        cfg = self.cfg
+        seeds = [row_seed(cfg.seed, f"{source_id}/{k}/{c}") for c in range(cfg.candidates)]
+        params = _json({"mask": mask_params, "steps": cfg.model.steps, "scheduler": cfg.model.scheduler})
+        rows = [{**base, "draw": c, "candidate": c, "seed": s, "kind": "inverse", "params": params} for c, s in enumerate(seeds)]
+        try:
+            item = prepare(real_stored, mask, cfg.resolution.policy(), resize=self.engine.needs_resize)
+            regions = self.engine.run([item] * len(seeds), seeds).regions
+        except Exception as exc:  # noqa: BLE001 - one sample's model failure, not the job's
+            kind, message = classify(exc, ErrorKind.MODEL_ERROR)
+            return [{**rows[0], "status": DrawStatus.FAILED, "reason": kind, "message": message[:2000]}]
+        best = None
+        for row, region in zip(rows, regions):
+            comp = finish(real_stored, mask, item.plan.region, region)
+            stats, metrics = self._statistics(comp, real_stored, mask, real_fg_lab)
+            row.update(stats)
+            reason = filter_reason(metrics.fmse, cfg.fmse_range)
+            if reason is not None:
+                row.update(status=DrawStatus.REJECTED, reason=reason,
+                           message=f"fMSE {metrics.fmse:.1f} outside [{cfg.fmse_range[0]:g}, {cfg.fmse_range[1]:g}]")
+                continue
+            row["_composite_pixels"] = comp
+            if best is None or row["fmse"] > best["fmse"]:
+                best = row
+        for row in rows:
+            if "_composite_pixels" not in row:
+                continue
+            comp = row.pop("_composite_pixels")
+            if row is best:
+                row.update(status=DrawStatus.KEPT, kept=True, reason=None, message=None, _composite=encode_image(comp, "png"))
+            else:
+                row.update(status=DrawStatus.REJECTED, reason=ErrorKind.NOT_SELECTED,
+                           message=f"fMSE {row['fmse']:.1f} in range; candidate {best['candidate']} has a larger one")
+        return rows
 
 
 def _decode_stored(data: bytes) -> np.ndarray:

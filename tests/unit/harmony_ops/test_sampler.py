@@ -29,15 +29,17 @@ def batch():
 
 
 @torch.no_grad()
-def reference_pipeline(unet, vae, scheduler, image, mask_image, prompt_embeds, generator, latents, steps):
+def reference_pipeline(unet, vae, scheduler, image, mask_image, prompt_embeds, generator, latents, steps, decode_with_cond=None):
     """An independent transcription of StableDiffusionHarmonyPipeline.__call__ (nicecv/DiffHarmony,
     src/pipelines/pipeline_stable_diffusion_harmony.py) for tensor inputs, guidance_scale=1.0,
     a list of generators, output_type='pt'. Random draws, in the reference's order: the initial latents
-    (when not given), then the VAE posterior noise, then the scheduler's per-step noise."""
+    (when not given), then the VAE posterior noise, then the scheduler's per-step noise, then (with a
+    ConditionVAE as `vae`, whose `decode_with_cond` transcription is passed) its conditional posterior noise."""
     mask = mask_image.clone()
     mask[mask < 0.5] = 0
     mask[mask >= 0.5] = 1
     masked_image = image.to(torch.float32)
+    cvae_cond = torch.cat([masked_image, mask], dim=1)
     batch_size = image.shape[0]
     height, width = image.shape[-2:]
     vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -63,7 +65,10 @@ def reference_pipeline(unet, vae, scheduler, image, mask_image, prompt_embeds, g
         latent_model_input = torch.cat([latent_model_input, mask, masked_image_latents], dim=1)
         noise_pred = unet(latent_model_input, t, encoder_hidden_states=prompt_embeds).sample
         latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
-    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    if decode_with_cond is not None:
+        image = decode_with_cond(vae, latents / vae.config.scaling_factor, cvae_cond, generator)
+    else:
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1)
 
 

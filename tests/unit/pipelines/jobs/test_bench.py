@@ -19,6 +19,9 @@ def test_flops_are_counted_per_part_and_scale_with_pixels():
     assert a["stage1"] == pytest.approx(a["vae_encode"] + 5 * a["unet_step"] + a["vae_decode"])
     assert 3.9 < b["vae_decode"] / a["vae_decode"] < 5.0  # convolutions linear in pixels, plus mid-block attention
     assert b["unet_step"] / a["unet_step"] > 3.5  # attention grows faster than linear
+    # the Harmony-VAE's conditional encoder: the VAE encoder plus its extra input conv and skip convs
+    assert a["harmony_cond_encoder"] > a["vae_encode"] * 0.9
+    assert b["harmony_cond_encoder"] / a["harmony_cond_encoder"] > 3.9  # linear convolutions, quadratic mid-block attention
 
 
 def test_sd15_inpaint_unet_costs_what_the_published_architecture_costs():

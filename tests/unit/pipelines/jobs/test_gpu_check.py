@@ -291,3 +291,4 @@ def test_harmony_bench_model_section_runs_without_ray(tmp_path):
     model = json.loads((out / "bench.json").read_text())["model"]
     assert [(m["resolution"], m["batch_size"], m["options"]) for m in model] == [(32, 1, "no-sdpa+channels-last")]
     assert model[0]["stage1_images_per_s"] > 0 and model[0]["refiner_images_per_s"] > 0
+    assert model[0]["harmony_cond_encoder_s_per_image"] > 0 and model[0]["harmony_cond_encoder_gflop_per_image"] > 0
