@@ -396,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("train", help="fine-tune a DiffHarmony part on Ray Train (stage1, refiner, inverse)")
-    s.add_argument("--task", choices=["stage1", "refiner", "inverse"])
+    s = sub.add_parser("train", help="fine-tune a DiffHarmony part on Ray Train (stage1, refiner, inverse, harmony-vae)")
+    s.add_argument("--task", choices=["stage1", "refiner", "inverse", "harmony-vae"])
     s.add_argument("--data", help="training manifest with composite, mask, real")
     s.add_argument("--init", help="checkpoint to start from (local path or fsspec URI)")
     s.add_argument("--output", help="output prefix URI (model/, metrics/, checkpoints/, summary.json, report/)")

@@ -371,15 +371,13 @@ def _train_decode_pool() -> PoolConfig:
     return PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=8, min_workers=1, max_workers=4)
 
 
-TRAIN_TASKS = ("stage1", "refiner", "inverse")
-
-
 class TrainJobConfig(JobConfig):
     """`harmony train`: fine-tune one part of a DiffHarmony checkpoint on Ray Train."""
 
     block_rows: int = Field(8, ge=1, description="manifest rows per Ray block")
-    task: Literal["stage1", "refiner", "inverse"] = Field(
-        description="stage1: the inpainting UNet; refiner: the stage-2 U-Net; inverse: stage 1 with real and composite swapped"
+    task: Literal["stage1", "refiner", "inverse", "harmony-vae"] = Field(
+        description="stage1: the inpainting UNet; refiner: the stage-2 U-Net; inverse: stage 1 with real and composite "
+        "swapped; harmony-vae: DiffHarmony++'s conditional decoder"
     )
     data: str = Field(description="training manifest (composite, mask, real), as synthesize and import-iharmony4 write")
     init: str = Field(description="checkpoint to start from; its other parts are copied into model/ unchanged")

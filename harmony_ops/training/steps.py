@@ -59,6 +59,16 @@ def refiner_loss(refiner, harmonized: torch.Tensor, mask: torch.Tensor, composit
     return F.mse_loss(pred.float(), real.float().to(pred.device), reduction="mean")
 
 
+def harmony_vae_loss(cvae, real: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Harmony-VAE (scripts/train/cvae.py, mode normal): L1 between the real image and its
+    reconstruction from a posterior sample of its latents, decoded with the [composite, mask]
+    condition; every part of the model learns."""
+    cond = torch.cat([composite, (mask >= 0.5).float()], dim=1)
+    out = cvae(real, sample_posterior=True, cond=cond, generator=generator).sample
+    return F.l1_loss(out.float(), real.float().to(out.device), reduction="mean")
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1]."""
     return (images / 2 + 0.5).clamp(0, 1)

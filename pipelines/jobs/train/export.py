@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from harmony_ops.checkpoints import resolve
+from harmony_ops.checkpoints import HARMONY_VAE_DIR, resolve
 from pipelines.io.storage import filesystem, join
 
 # The folder of the checkpoint each task trains.
-PART = {"stage1": "unet", "inverse": "unet", "refiner": "refiner"}
+PART = {"stage1": "unet", "inverse": "unet", "refiner": "refiner", "harmony-vae": HARMONY_VAE_DIR}
 
 
 def export_model(init: str, trained_dir: Path, task: str, output: str, options: dict) -> str:

@@ -38,13 +38,20 @@ def _models(cfg: dict, device):
     vae = load_model(AutoencoderKL, ck.vae, "vae").to(device).eval().requires_grad_(False)
     null, _ = load_null_embedding(ck.root, unet.config.cross_attention_dim)
     sched = load_scheduler_config(ck.root)
-    refiner = None
+    refiner = cvae = None
+    if cfg["task"] == "harmony-vae":
+        from harmony_ops.condition_vae import ConditionVAE
+
+        # From the checkpoint's own Harmony-VAE when it has one, else from its VAE, as the reference starts.
+        cvae = (load_model(ConditionVAE, ck.harmony_vae, "harmony-vae") if ck.harmony_vae is not None
+                else ConditionVAE.from_vae(vae)).to(device)
+        unet.eval().requires_grad_(False)
     if cfg["task"] == "refiner":
         if ck.refiner is None:
             raise ValueError(f"--task refiner: {cfg['init']} has no refiner/ to start from")
         refiner = load_model(UNet2DCustom, ck.refiner, "refiner").to(device)
         unet.eval().requires_grad_(False)
-    return unet, vae, null.to(device), sched, refiner
+    return unet, vae, null.to(device), sched, refiner, cvae
 
 
 def _autocast(cfg: dict, device):
@@ -84,16 +91,16 @@ def train_loop(cfg: dict) -> None:
     from diffusers.training_utils import EMAModel
 
     from harmony_ops.sampler import DiffHarmonySampler
-    from harmony_ops.training.steps import noise_scheduler, refiner_loss, stage1_loss
+    from harmony_ops.training.steps import harmony_vae_loss, noise_scheduler, refiner_loss, stage1_loss
     from pipelines.jobs.train.data import to_tensors
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg["seed"] + rank)
-    unet, vae, null, sched_cfg, refiner = _models(cfg, device)
-    trained = refiner if cfg["task"] == "refiner" else unet
-    if device.type == "cuda":
+    unet, vae, null, sched_cfg, refiner, cvae = _models(cfg, device)
+    trained = {"refiner": refiner, "harmony-vae": cvae}.get(cfg["task"], unet)
+    if device.type == "cuda" and trained._supports_gradient_checkpointing:
         trained.enable_gradient_checkpointing()  # memory for batch size; on CPU it only costs time
     trained.train()
     params = [p for p in trained.parameters() if p.requires_grad]
@@ -118,7 +125,7 @@ def train_loop(cfg: dict) -> None:
                 skipped = {r["id"]: r for r in pd.read_parquet(Path(d) / SKIPPED).to_dict("records")}
     model = ray.train.torch.prepare_model(trained) if world > 1 else trained
     scheduler = noise_scheduler(sched_cfg)
-    sampler = DiffHarmonySampler(unet, vae, sched_cfg, null, "euler_a")
+    sampler = DiffHarmonySampler(unet, vae, sched_cfg, null, "euler_a", harmony_vae=cvae)
     gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank * 7919 + step)
     shard = ray.train.get_dataset_shard("train")
     val = ray.get(cfg["validate_ref"]) if cfg.get("validate_ref") is not None else None
@@ -175,6 +182,8 @@ def train_loop(cfg: dict) -> None:
                         seeds = [int(x) for x in torch.randint(0, 2**31 - 1, (len(batch),), generator=gen)]
                         harm = sampler(comp, mask, seeds=seeds, num_inference_steps=cfg["sampler_steps"]).to(device) * 2 - 1
                     loss = refiner_loss(model, harm, mask, comp, real, trained.config.in_channels)
+                elif cfg["task"] == "harmony-vae":
+                    loss = harmony_vae_loss(model, real, comp, mask, gen)
                 else:
                     target, cond = (comp, real) if cfg["task"] == "inverse" else (real, comp)
                     loss = stage1_loss(model, vae, scheduler, null, target, cond, mask, gen, cfg["plain_mse"])

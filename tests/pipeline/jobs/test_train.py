@@ -108,13 +108,20 @@ def test_refiner_survives_a_dead_worker(ray_local, train_data, tiny_checkpoint, 
     _image_runs(out / "model", train_data, tmp_path)
 
 
-def test_inverse_trains_via_cli(ray_local, train_data, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("task,part", [("inverse", "unet"), ("harmony-vae", "harmony_vae")])
+def test_inverse_and_harmony_vae_train_via_cli(ray_local, train_data, tiny_checkpoint, tmp_path, task, part):
     from pipelines.cli import main
 
     out = tmp_path / "out"
-    assert main(["train", "--task", "inverse", "--data", str(train_data / "train.parquet"), "--init", str(tiny_checkpoint),
+    assert main(["train", "--task", task, "--data", str(train_data / "train.parquet"), "--init", str(tiny_checkpoint),
                  "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--batch-size", "2",
                  "--resolution", str(SIDE), "--max-steps", "1", "--checkpoint-every", "1", "--no-ema"]) == 0
-    assert json.loads((out / "summary.json").read_text())["task"] == "inverse"
-    assert _unet_changed(out / "model", tiny_checkpoint)
-    _image_runs(out / "model", train_data, tmp_path)
+    assert json.loads((out / "summary.json").read_text())["task"] == task
+    model = out / "model"
+    if part == "harmony_vae":  # --init has none: it starts from the VAE (ConditionVAE.from_vae)
+        from harmony_ops.checkpoints import resolve_checkpoint
+
+        assert resolve_checkpoint(str(model)).harmony_vae == model / "harmony_vae"
+    else:
+        assert _unet_changed(model, tiny_checkpoint)
+    _image_runs(model, train_data, tmp_path)

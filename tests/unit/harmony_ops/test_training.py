@@ -8,7 +8,7 @@ import torch
 from harmony_ops.factory import SD_SCHEDULER_CONFIG, build_null_embedding, build_refiner, build_unet, build_vae
 from harmony_ops.training.augment import augment
 from harmony_ops.training.losses import diffusion_target, foreground_weighted_mse
-from harmony_ops.training.steps import noise_scheduler, refiner_loss, stage1_loss
+from harmony_ops.training.steps import harmony_vae_loss, noise_scheduler, refiner_loss, stage1_loss
 
 
 def test_foreground_weight_is_clamped_between_1_and_5():
@@ -78,3 +78,16 @@ def test_augment_keeps_the_triple_aligned():
         c, m, r = augment(real.copy(), mask, real, 32, np.random.default_rng(seed))
         assert c.shape == r.shape == (32, 32, 3) and m.shape == (32, 32)
         assert np.array_equal(c, r) and set(np.unique(m)) <= {0, 1} and m.any()
+
+
+def test_harmony_vae_loss_is_l1_of_the_conditioned_reconstruction():
+    from harmony_ops.condition_vae import ConditionVAE
+
+    cvae = ConditionVAE.from_vae(build_vae("tiny"))
+    comp, mask, real = _batch()
+    loss = harmony_vae_loss(cvae, real, comp, mask, torch.Generator().manual_seed(0))
+    cond = torch.cat([comp, mask], dim=1)
+    out = cvae(real, sample_posterior=True, cond=cond, generator=torch.Generator().manual_seed(0)).sample
+    assert torch.isclose(loss, (out - real).abs().mean())
+    loss.backward()
+    assert cvae.conditional_encoder.conv_in.weight.grad is not None and cvae.decoder.conv_out.weight.grad is not None
