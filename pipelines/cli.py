@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sections", default="model,pipeline,adaptive,scaling",
                    help="comma-separated; model runs without Ray (torch and diffusers only), the others start Ray; "
                    "cpu (CPU work per image outside the model) runs without a model, torch or Ray; "
-                   "train (training samples/s) is planned, not implemented")
+                   "train (training samples/s per worker for stage 1 and the refiner, at the smallest --resolution "
+                   "and the largest --batch-size) runs on request only")
     s.add_argument("--cpu-megapixels", default="1,4,12", help="image sizes of the cpu section, in megapixels")
     g = s.add_argument_group("model section", "how the model section runs the models (the other sections run them as harmonize does)")
     g.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
