@@ -213,6 +213,26 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flags(a: argparse.Namespace) -> dict:
+    from pipelines.io.storage import parse_storage_options
+
+    names = ("task", "data", "init", "output", "workers", "gpus_per_worker", "cpus_per_worker", "max_steps", "batch_size",
+             "lr", "warmup_steps", "resolution", "checkpoint_every", "validate_every", "log_every", "ema", "precision",
+             "seed", "plain_mse", "limit", "ray_address")
+    flags = {k: getattr(a, k) for k in names}
+    flags.update(validate=a.validate, force=a.force or None,
+                 storage_options=parse_storage_options(a.storage_option) or None, allow_uri=a.allow_uri)
+    return flags
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from pipelines.config import TrainJobConfig, build
+    from pipelines.jobs.train.driver import run_train
+
+    cfg = build(TrainJobConfig, a.config, _train_flags(a))
+    return run_train(cfg).exit_code
+
+
 def cmd_make_checkpoint(a: argparse.Namespace) -> int:
     from harmony_ops.factory import write_archive, write_checkpoint
 
@@ -366,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated; model runs without Ray (torch and diffusers only), the others start Ray; "
                    "cpu (CPU work per image outside the model) runs without a model, torch or Ray; "
                    "job (harmonize --engine baseline against a single-process loop, --job-rows rows) starts Ray; "
-                   "train (training samples/s) is planned, not implemented")
+                   "train (training samples/s per worker for stage 1 and the refiner, at the smallest --resolution "
+                   "and the largest --batch-size) runs on request only")
     s.add_argument("--job-rows", type=int, default=1200, help="rows of 256x256 composites for the job section")
     s.add_argument("--cpu-megapixels", default="1,4,12", help="image sizes of the cpu section, in megapixels")
     g = s.add_argument_group("model section", "how the model section runs the models (the other sections run them as harmonize does)")
@@ -378,6 +399,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "max-autotune-no-cudagraphs (compile time is reported apart)")
     s.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("train", help="fine-tune a DiffHarmony part on Ray Train (stage1, refiner, inverse, harmony-vae)")
+    s.add_argument("--task", choices=["stage1", "refiner", "inverse", "harmony-vae"])
+    s.add_argument("--data", help="training manifest with composite, mask, real")
+    s.add_argument("--init", help="checkpoint to start from (local path or fsspec URI)")
+    s.add_argument("--output", help="output prefix URI (model/, metrics/, checkpoints/, summary.json, report/)")
+    s.add_argument("--validate", help="validation manifest (composite, mask, real)")
+    s.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU, gloo)")
+    s.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 1)")
+    s.add_argument("--max-steps", type=int, help="train until this step; a re-run with more continues")
+    s.add_argument("--batch-size", type=int, help="samples per worker per step")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--warmup-steps", type=int)
+    s.add_argument("--resolution", type=int, help="training side in pixels (multiple of 32)")
+    s.add_argument("--checkpoint-every", type=int)
+    s.add_argument("--validate-every", type=int)
+    s.add_argument("--log-every", type=int, help="progress line every N steps")
+    s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA weights (default on)")
+    s.add_argument("--plain-mse", action="store_true", default=None, help="stage1/inverse: plain instead of foreground-weighted MSE")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--seed", type=int)
+    s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--config", help="YAML job config (flags win)")
+    s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    _allow_uri_flag(s)
+    _force_flag(s)
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("make-checkpoint", help="write a seeded, randomly initialised checkpoint (tests, benchmarks)")
     s.add_argument("dir")

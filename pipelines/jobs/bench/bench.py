@@ -37,8 +37,10 @@ import numpy as np
 SECTIONS = ("model", "pipeline", "adaptive", "scaling")
 CPU_SECTION = "cpu"  # runs on request only, without a model, torch or Ray
 JOB_SECTION = "job"  # on request: the baseline job against a single-process loop (about 2 minutes)
+TRAIN_SECTION = "train"  # on request only (keeps the default run short): training samples/s per worker
+ON_REQUEST = (CPU_SECTION, JOB_SECTION, TRAIN_SECTION)
 # Sections planned but not written yet: asking for one is an error that says so.
-SECTIONS_NOT_YET = {"train": "training samples/s is not implemented yet (issue 14: `harmony bench --sections train`)"}
+SECTIONS_NOT_YET: dict[str, str] = {}
 
 # Dense fp16/bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity).
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "T4": 65.0}
@@ -516,8 +518,8 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
     for name in sections:
         if name in SECTIONS_NOT_YET:
             raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
-        if name not in SECTIONS + (CPU_SECTION, JOB_SECTION):
-            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS + (CPU_SECTION, JOB_SECTION))}")
+        if name not in SECTIONS + ON_REQUEST:
+            raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS + ON_REQUEST)}")
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="harmony-bench-"))
@@ -540,6 +542,12 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
 
         print(f"harmony bench: job section, {job_rows} rows of 256x256", file=sys.stderr)
         results["job"] = bench_job(job_rows, 256, work / "job", echo=lambda m: print(m, file=sys.stderr))
+    if TRAIN_SECTION in sections:
+        from pipelines.jobs.bench.train import bench_train
+
+        side, batch = min(resolutions), max(batch_sizes)
+        print(f"harmony bench: train section, {arch} at {side} px, batch {batch}", file=sys.stderr)
+        results["train"] = bench_train(arch, side, batch, device, max(repeats, 2), steps)
 
     (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     md = to_markdown(results)
@@ -684,4 +692,8 @@ def to_markdown(r: dict) -> str:
         from pipelines.jobs.bench.job import job_markdown
 
         lines += job_markdown(r["job"])
+    if "train" in r:
+        from pipelines.jobs.bench.train import train_markdown
+
+        lines += train_markdown(r["train"])
     return "\n".join(lines)

@@ -45,8 +45,8 @@ from pipelines.jobs.bench.bench import (
     peak_tflops,
 )
 
-# The sections of `harmony bench` this check runs on the bare GPU machine. Issue 14 adds "train" (training
-# samples/s, `harmony bench --sections train`) here, run in the same call after "model".
+# The sections of `harmony bench` this check runs on the bare GPU machine. "train" (training samples/s,
+# `harmony bench --sections train`, pipelines/jobs/bench/train.py) is not wired in here yet.
 SECTIONS = ("model",)
 
 GPU_DEFAULTS = dict(arch="sd15-inpaint", device="cuda", resolution="512,1024", batch_size="1,4,8", dtypes="fp16,bf16",

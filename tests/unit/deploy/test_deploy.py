@@ -25,8 +25,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipelines.cli import _harmonize_flags, build_parser
-from pipelines.config import HarmonizeJobConfig, build
+from pipelines.cli import _harmonize_flags, _train_flags, build_parser
+from pipelines.config import HarmonizeJobConfig, TrainJobConfig, build
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -113,6 +113,12 @@ def test_entrypoint_is_a_valid_harmony_command(where, spec, tmp_path):
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "harmony"
     args = build_parser().parse_args(argv[1:])  # SystemExit on an unknown flag
+    if args.command == "train":  # all in flags: the training RayJob needs no ConfigMap
+        cfg = build(TrainJobConfig, None, _train_flags(args))
+        assert cfg.gpus_per_worker >= 1 and cfg.output.startswith("s3://") and cfg.precision != "fp32"
+        gpu = [g for g in spec["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
+        assert cfg.workers * cfg.gpus_per_worker <= gpu["replicas"] * _gpus(gpu["template"]["spec"]["containers"][0], "limits")
+        return
     assert args.command == "harmonize" and args.config == "/etc/harmony/job.yaml"
     # the config it names is the ConfigMap, mounted where the driver runs (the head pod)
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
@@ -183,7 +189,7 @@ def _kuberay_cases() -> list[tuple[str, str]]:
 
 
 def test_every_kuberay_object_is_validated():
-    assert {w for w, _ in kuberay_objects()} == {"rayjob.yaml", "rayjob-autoscaling.yaml", "raycronjob.yaml",
+    assert {w for w, _ in kuberay_objects()} == {"rayjob.yaml", "rayjob-autoscaling.yaml", "raycronjob.yaml", "rayjob-train.yaml",
                                                   "nightly-cronjob.yaml:rayjob.yaml"}
     assert {p.stem.removeprefix("kuberay-") for p in SCHEMAS.glob("kuberay-*.json")} == \
         {v for vs in KUBERAY_CLAIMS.values() for v in vs}

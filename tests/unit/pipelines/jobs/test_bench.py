@@ -165,3 +165,13 @@ def test_unknown_section_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="unknown section"):
         run_bench(sections=("cpu", "gpu"), out=str(tmp_path))
+
+
+def test_train_section_measures_both_tasks(tmp_path):
+    from pipelines.jobs.bench.bench import run_bench
+
+    r = run_bench(arch="tiny", resolutions=(32,), batch_sizes=(1,), device="cpu", repeats=1, steps=1,
+                  sections=("train",), out=str(tmp_path))
+    assert [x["task"] for x in r["train"]] == ["stage1", "refiner"]
+    assert all(x["samples_per_s_per_worker"] > 0 for x in r["train"])
+    assert "samples/s per worker" in (tmp_path / "bench.md").read_text()

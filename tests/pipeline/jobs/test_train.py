@@ -1,0 +1,127 @@
+"""`harmony train` on CPU with two Ray Train workers and the tiny checkpoint (32 px, a few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.pipeline.conftest import enc, make_scene
+
+SIDE = 32
+
+
+def quiet(*a, **k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    """Six good triples, one corrupt composite (must be skipped and counted, not crash the run)."""
+    root = tmp_path_factory.mktemp("train-data")
+    rows = []
+    for k in range(6):
+        comp, mask, real = make_scene(k, ratio=0.3)
+        for kind, arr in (("comp", comp), ("mask", mask), ("real", real)):
+            (root / kind).mkdir(exist_ok=True)
+            (root / kind / f"s{k}.png").write_bytes(enc(arr))
+        rows.append(dict(id=f"s{k}", composite=f"comp/s{k}.png", mask=f"mask/s{k}.png", real=f"real/s{k}.png"))
+    (root / "comp" / "bad.png").write_bytes(b"not an image")
+    # First: Ray Train's equal split may leave the last row of an epoch out.
+    rows.insert(0, dict(id="bad", composite="comp/bad.png", mask="mask/s0.png", real="real/s0.png"))
+    pd.DataFrame(rows).to_parquet(root / "train.parquet")
+    pd.DataFrame(rows[1:3]).to_parquet(root / "val.parquet")
+    return root
+
+
+def _cfg(task, data, init, out, **kw):
+    from pipelines.config import TrainJobConfig
+
+    base = dict(task=task, data=str(data / "train.parquet"), init=str(init), output=str(out), workers=2,
+                cpus_per_worker=0.5, batch_size=2, resolution=SIDE, max_steps=2, checkpoint_every=2, log_every=1,
+                random_crop=False, sampler_steps=2, lr=1e-3, max_failures=1)
+    base.update(kw)
+    return TrainJobConfig(**base)
+
+
+def _image_runs(model: Path, data: Path, tmp: Path) -> None:
+    from pipelines.cli import main
+
+    out = tmp / "image.png"
+    assert main(["image", str(data / "comp" / "s0.png"), str(data / "mask" / "s0.png"), "-o", str(out),
+                 "--model", str(model)]) == 0
+    assert out.stat().st_size > 0
+
+
+def _unet_changed(model: Path, init: Path, part: str = "unet") -> bool:
+    from safetensors.torch import load_file
+
+    new, old = (load_file(p / part / "diffusion_pytorch_model.safetensors") for p in (model, init))
+    return any(not np.allclose(new[k].numpy(), old[k].numpy()) for k in old)
+
+
+def test_stage1_trains_exports_and_resumes(ray_local, train_data, tiny_checkpoint, tmp_path):
+    from pipelines.jobs.train.driver import run_train
+
+    out = tmp_path / "out"
+    res = run_train(_cfg("stage1", train_data, tiny_checkpoint, out, validate=str(train_data / "val.parquet")), echo=quiet)
+    assert res.summary["steps"] == 2
+    # A re-run with more steps continues from step 2: steps 3-4 are added, none repeated.
+    res = run_train(_cfg("stage1", train_data, tiny_checkpoint, out, max_steps=4), echo=quiet)
+    train = pd.read_parquet(out / "metrics" / "train.parquet")
+    assert train["step"].tolist() == [1, 2, 3, 4]
+    assert np.isfinite(train["loss"]).all() and train["samples"].between(1, 4).all()
+    # Past one epoch every row was seen: the corrupt one is counted with its reason, not fatal.
+    assert res.summary["rows_skipped"] == 1 and set(res.summary["skipped_reasons"]) <= {"corrupt", "unreadable"}
+    val = pd.read_parquet(out / "metrics" / "validation.parquet")
+    assert val["step"].tolist() == [2] and np.isfinite(val["psnr"]).all()
+    assert (out / "report" / "index.html").exists() and (out / "report" / "validation-0.png").exists()
+    model = out / "model"
+    assert _unet_changed(model, tiny_checkpoint)
+    # Everything but the trained part is copied from --init.
+    for part in ("vae", "refiner"):
+        assert (model / part / "diffusion_pytorch_model.safetensors").read_bytes() == \
+            (tiny_checkpoint / part / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    _image_runs(model, train_data, tmp_path)
+
+
+def test_refiner_survives_a_dead_worker(ray_local, train_data, tiny_checkpoint, tmp_path, monkeypatch):
+    """A worker raises once at step 3 (test hook): the run restarts from the step-2 checkpoint and
+    ends at step 4 with every step recorded once."""
+    from pipelines.jobs.train import loop
+    from pipelines.jobs.train.driver import run_train
+
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(loop.FAIL_AT_ENV, "3")
+    monkeypatch.setenv(loop.FAIL_MARKER_ENV, str(marker))
+    out = tmp_path / "out"
+    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, out, max_steps=4, ema=False), echo=quiet)
+    assert marker.exists(), "the test hook did not fire"
+    assert res.summary["steps"] == 4
+    assert pd.read_parquet(out / "metrics" / "train.parquet")["step"].tolist() == [1, 2, 3, 4]
+    assert _unet_changed(out / "model", tiny_checkpoint, "refiner")
+    assert not _unet_changed(out / "model", tiny_checkpoint, "unet")
+    _image_runs(out / "model", train_data, tmp_path)
+
+
+@pytest.mark.parametrize("task,part", [("inverse", "unet"), ("harmony-vae", "harmony_vae")])
+def test_inverse_and_harmony_vae_train_via_cli(ray_local, train_data, tiny_checkpoint, tmp_path, task, part):
+    from pipelines.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--task", task, "--data", str(train_data / "train.parquet"), "--init", str(tiny_checkpoint),
+                 "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--batch-size", "2",
+                 "--resolution", str(SIDE), "--max-steps", "1", "--checkpoint-every", "1", "--no-ema"]) == 0
+    assert json.loads((out / "summary.json").read_text())["task"] == task
+    model = out / "model"
+    if part == "harmony_vae":  # --init has none: it starts from the VAE (ConditionVAE.from_vae)
+        from harmony_ops.checkpoints import resolve_checkpoint
+
+        assert resolve_checkpoint(str(model)).harmony_vae == model / "harmony_vae"
+    else:
+        assert _unet_changed(model, tiny_checkpoint)
+    _image_runs(model, train_data, tmp_path)
