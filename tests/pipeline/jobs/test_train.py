@@ -125,3 +125,49 @@ def test_inverse_and_harmony_vae_train_via_cli(ray_local, train_data, tiny_check
     else:
         assert _unet_changed(model, tiny_checkpoint)
     _image_runs(model, train_data, tmp_path)
+
+
+def test_resumes_after_a_killed_driver(train_data, tiny_checkpoint, tmp_path):
+    """The driver (and its Ray instance) is SIGKILLed after its first checkpoint: the same command
+    run again resumes from the latest checkpoint, and every step is recorded exactly once."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    out, steps = tmp_path / "out", 8
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--task", "stage1", "--data", str(train_data / "train.parquet"),
+           "--init", str(tiny_checkpoint), "--output", str(out), "--workers", "1", "--cpus-per-worker", "1",
+           "--batch-size", "2", "--resolution", str(SIDE), "--max-steps", str(steps), "--checkpoint-every", "1",
+           "--log-every", "1", "--no-ema"]
+
+    def env():  # its own Ray instance, under a short temp dir (Unix socket paths are limited to 107 bytes)
+        e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        return e | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rt-"), "PYTHONUNBUFFERED": "1"}
+
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = out / "checkpoints"
+    deadline = time.monotonic() + 120
+    try:
+        while not any(ckpts.glob("*/checkpoint_*/state.pt")):
+            assert first.poll() is None, "the first run ended before it checkpointed"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not (out / "summary.json").exists(), "the first run finished before it was killed"
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    train = pd.read_parquet(out / "metrics" / "train.parquet")
+    assert train["step"].tolist() == list(range(1, steps + 1))
+    # The second run's progress lines start after the checkpointed step, not at step 1.
+    printed = [int(s) for s in re.findall(r"train stage1: step (\d+)/", done.stdout + done.stderr)]
+    assert printed and min(printed) > 1 and max(printed) == steps
+    assert json.loads((out / "summary.json").read_text())["steps"] == steps
+    from harmony_ops.checkpoints import resolve_checkpoint
+
+    assert resolve_checkpoint(str(out / "model")).unet == out / "model" / "unet"
