@@ -43,9 +43,17 @@ def _resize(a: np.ndarray, side: int) -> np.ndarray:
 def augment(comp: np.ndarray, mask: np.ndarray, real: np.ndarray, side: int, rng: np.random.Generator,
             flip: bool = True, crop: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 HxWx3 composite and real, a HxW mask in {0, 1} -> the same at side x side (mask uint8 {0, 1})."""
+    (comp, real), m = augment_many([comp, real], mask, side, rng, flip=flip, crop=crop)
+    return comp, m, real
+
+
+def augment_many(images: list[np.ndarray], mask: np.ndarray, side: int, rng: np.random.Generator,
+                 flip: bool = True, crop: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    """`augment` of any number of uint8 HxWx3 images sharing one mask: one flip and one crop drawn,
+    applied identically to every image and the mask (e.g. composite, real and a cached stage-1 output)."""
     m = (mask >= 0.5).astype(np.uint8) * 255
     if flip and rng.random() > 0.5:
-        comp, m, real = comp[:, ::-1], m[:, ::-1], real[:, ::-1]
+        images, m = [a[:, ::-1] for a in images], m[:, ::-1]
     if crop:
         h, w = m.shape
         for _ in range(5):
@@ -53,7 +61,7 @@ def augment(comp: np.ndarray, mask: np.ndarray, real: np.ndarray, side: int, rng
             if (m[top : top + ch, left : left + cw] > 0).mean() >= MIN_CROP_FG:
                 break
         sl = (slice(top, top + ch), slice(left, left + cw))
-        comp, m, real = comp[sl], m[sl], real[sl]
-    comp, real = _resize(np.ascontiguousarray(comp), side), _resize(np.ascontiguousarray(real), side)
+        images, m = [a[sl] for a in images], m[sl]
+    images = [_resize(np.ascontiguousarray(a), side) for a in images]
     m = (_resize(np.ascontiguousarray(m), side) >= 128).astype(np.uint8)
-    return comp, m, real
+    return images, m
