@@ -218,7 +218,7 @@ def _train_flags(a: argparse.Namespace) -> dict:
 
     names = ("task", "data", "init", "output", "workers", "gpus_per_worker", "cpus_per_worker", "max_steps", "batch_size",
              "lr", "warmup_steps", "resolution", "checkpoint_every", "validate_every", "log_every", "ema", "precision",
-             "seed", "plain_mse", "limit", "ray_address")
+             "seed", "plain_mse", "limit", "ray_address", "stage1_cache")
     flags = {k: getattr(a, k) for k in names}
     flags.update(validate=a.validate, force=a.force or None,
                  storage_options=parse_storage_options(a.storage_option) or None, allow_uri=a.allow_uri)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument("--seed", type=int)
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--stage1-cache", metavar="URI", help="refiner: precompute the frozen stage-1 outputs once into a "
+                   "cache manifest under URI (reused when init model and resolution match) instead of sampling per step")
     s.add_argument("--config", help="YAML job config (flags win)")
     s.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")

@@ -405,6 +405,11 @@ class TrainJobConfig(JobConfig):
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay (diffusers EMAModel, with its warmup)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast on GPU (auto: bf16); CPU runs fp32")
     sampler_steps: int = Field(5, ge=1, le=100, description="Euler-A steps of the frozen stage 1 (refiner inputs, validation)")
+    stage1_cache: str | None = Field(
+        None, description="refiner: URI of a stage-1 cache; the frozen --init stage 1 runs once over --data, its outputs "
+        "are written there as PNGs with a cache manifest (stage1.parquet) and reused by later runs whose init model, "
+        "resolution, sampler steps and seed match (else rebuilt); unset: stage 1 runs online at every step",
+    )
     seed: int = Field(0, description="seed of initial noise and per-step randomness")
     max_failures: int = Field(3, ge=0, le=100, description="worker failures survived (the run restarts from its last checkpoint)")
     decode_pool: PoolConfig = Field(default_factory=_train_decode_pool, description="fetch + decode + augment (CPU tasks)")
@@ -415,4 +420,6 @@ class TrainJobConfig(JobConfig):
     def _sizes(self) -> "TrainJobConfig":
         if self.resolution % 32:
             raise ValueError(f"resolution must be a multiple of 32, got {self.resolution}")
+        if self.stage1_cache and self.task != "refiner":
+            raise ValueError(f"stage1_cache is for --task refiner, not {self.task}")
         return self

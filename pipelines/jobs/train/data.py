@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from harmony_ops.inputs import load_sample
-from harmony_ops.training.augment import augment
+from harmony_ops.imageio import decode_image
+from harmony_ops.training.augment import augment, augment_many
 from pipelines.config import TrainJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import read_with_retries
@@ -23,10 +24,19 @@ class TrainDecodeStage(Stage):
     cfg: TrainJobConfig
     train: bool = True  # False: validation rows, resized without random crop or flip
     pool: PoolConfig = field(default_factory=PoolConfig)
+    # Rows of a stage-1 cache manifest: also decode `harmonized` (the cached stage-1 output, made at
+    # the training side from the un-augmented resize) and apply one crop/flip to all four images.
+    cached: bool = False
 
     name = "decode"
-    reads = ("status", "id", "composite", "mask", "real")
-    writes = PIXELS
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("status", "id", "composite", "mask", "real") + (("harmonized",) if self.cached else ())
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return PIXELS + (("harm_px",) if self.cached else ())
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         opts, retries, side = self.cfg.storage_options, self.cfg.retries, self.cfg.resolution
@@ -41,13 +51,23 @@ class TrainDecodeStage(Stage):
                 continue
             try:
                 s = load_sample(*raw, max_pixels=self.cfg.max_pixels)
-                comp, mask, real = augment(s.composite, s.mask, s.real, side, rng,
-                                           flip=self.train and self.cfg.random_flip, crop=self.train and self.cfg.random_crop)
+                flip, crop = self.train and self.cfg.random_flip, self.train and self.cfg.random_crop
+                extra = {}
+                if self.cached:
+                    # The stage-1 output was made from the plain resize: resize first, then crop/flip all four alike.
+                    comp, mask, real = augment(s.composite, s.mask, s.real, side, rng, flip=False, crop=False)
+                    harm = np.asarray(decode_image(read_with_retries(row["harmonized"], opts, retries), "harmonized")[0])
+                    if harm.shape != comp.shape:
+                        raise ValueError(f"cached stage-1 output is {harm.shape[1]}x{harm.shape[0]}, not {side}x{side}")
+                    (comp, real, harm), mask = augment_many([comp, real, harm], mask, side, rng, flip=flip, crop=crop)
+                    extra = {"harm_px": harm.tobytes()}
+                else:
+                    comp, mask, real = augment(s.composite, s.mask, s.real, side, rng, flip=flip, crop=crop)
             except Exception as exc:  # noqa: BLE001 - ImageError says which guard
                 fail_with(batch, i, exc, ErrorKind.DECODE_ERROR, storage=False)
                 continue
             set_values(batch, i, {"comp_px": comp.tobytes(), "mask_px": mask.tobytes(), "real_px": real.tobytes(),
-                                  "status": "ok"})
+                                  **extra, "status": "ok"})
         return batch
 
 
@@ -63,10 +83,20 @@ def to_tensors(batch: pd.DataFrame, side: int):
     return images("comp_px"), torch.from_numpy(m.copy())[:, None].float(), images("real_px")
 
 
-def decoded_dataset(run, rows: pd.DataFrame, cfg: TrainJobConfig, train: bool):
-    """The rows as a lazy Ray dataset through the decode stage (re-run on every pass)."""
+def harmonized_tensor(batch: pd.DataFrame, side: int):
+    """Cached stage-1 outputs of decoded rows -> N x 3 x side x side in [-1, 1]."""
+    import torch
+
+    a = np.stack([np.frombuffer(b, np.uint8).reshape(side, side, 3) for b in batch["harm_px"]])
+    return torch.from_numpy(a.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def decoded_dataset(run, rows: pd.DataFrame, cfg: TrainJobConfig, train: bool, cached: bool = False, stages=()):
+    """The rows as a lazy Ray dataset through the decode stage (re-run on every pass), then `stages`."""
     from pipelines.core.adapter import apply_stages
 
-    stage = TrainDecodeStage(cfg, train=train, pool=cfg.decode_pool)
+    stage = TrainDecodeStage(cfg, train=train, pool=cfg.decode_pool, cached=cached)
     cols = ["row", "id", "composite", "mask", "real", "status", "error_type", "error_message"]
-    return apply_stages(run.blocks(rows[cols]), [stage], inputs=cols, keep=cols)
+    cols += ["harmonized"] if cached else ["seed"] if stages else []
+    keep = cols + [c for s in stages for c in s.writes]
+    return apply_stages(run.blocks(rows[cols]), [stage, *stages], inputs=cols, keep=keep)

@@ -57,7 +57,18 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
         raise JobError(f"manifest {cfg.data} has no valid row to train on")
     with JobRun(cfg, echo) as run:
         run.start_ray()
-        ds = decoded_dataset(run, train_rows, cfg, True)
+        cache = None
+        if cfg.stage1_cache:
+            from pipelines.jobs.train.cache import stage1_cache
+
+            cached, reused = stage1_cache(run, cfg, train_rows, echo)
+            ok = (cached["status"] == "ok").to_numpy() & cached["harmonized"].notna().to_numpy()
+            cache = dict(uri=cfg.stage1_cache, reused=reused, rows=int(ok.sum()))
+            invalid = pd.concat([invalid, cached[~ok][["id", "error_type", "error_message"]]], ignore_index=True)
+            train_rows = train_rows.assign(harmonized=cached["harmonized"].to_numpy())[ok]
+            if train_rows.empty:
+                raise JobError(f"the stage-1 cache at {cfg.stage1_cache} has no usable row")
+        ds = decoded_dataset(run, train_rows, cfg, True, cached=cache is not None)
         val_ref, val_skipped, n_val = None, 0, 0
         if cfg.validate_data:
             vrows = _rows(cfg, cfg.validate_data)
@@ -103,7 +114,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             command="harmony train", task=cfg.task, steps=int(train["step"].max()), max_steps=cfg.max_steps,
             final_loss=float(train["loss"].iloc[-1]), rows=len(rows), rows_skipped=int(len(invalid) + len(skipped)),
             skipped_reasons={str(k): int(v) for k, v in reasons.items()}, validation_rows_skipped=val_skipped,
-            validation=valid.iloc[-1].to_dict() if len(valid) else None, model=model_uri,
+            validation=valid.iloc[-1].to_dict() if len(valid) else None, model=model_uri, stage1_cache=cache,
             wall_seconds=run.wall, config=run.config(),
         )
         write_report(cfg.output, train, valid, cfg.storage_options, grids=min(4, n_val) if len(valid) else 0)

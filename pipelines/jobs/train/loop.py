@@ -92,7 +92,7 @@ def train_loop(cfg: dict) -> None:
 
     from harmony_ops.sampler import DiffHarmonySampler
     from harmony_ops.training.steps import harmony_vae_loss, noise_scheduler, refiner_loss, stage1_loss
-    from pipelines.jobs.train.data import to_tensors
+    from pipelines.jobs.train.data import harmonized_tensor, to_tensors
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -177,7 +177,10 @@ def train_loop(cfg: dict) -> None:
             for g in opt.param_groups:
                 g["lr"] = cfg["lr"] * lr_at(step)
             with _autocast(cfg, device):
-                if cfg["task"] == "refiner":
+                if cfg["task"] == "refiner" and "harm_px" in batch.columns:  # --stage1-cache
+                    harm = harmonized_tensor(batch, side).to(device)
+                    loss = refiner_loss(model, harm, mask, comp, real, trained.config.in_channels)
+                elif cfg["task"] == "refiner":
                     with torch.no_grad():
                         seeds = [int(x) for x in torch.randint(0, 2**31 - 1, (len(batch),), generator=gen)]
                         harm = sampler(comp, mask, seeds=seeds, num_inference_steps=cfg["sampler_steps"]).to(device) * 2 - 1

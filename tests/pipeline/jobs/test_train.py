@@ -171,3 +171,44 @@ def test_resumes_after_a_killed_driver(train_data, tiny_checkpoint, tmp_path):
     from harmony_ops.checkpoints import resolve_checkpoint
 
     assert resolve_checkpoint(str(out / "model")).unet == out / "model" / "unet"
+
+
+def test_refiner_stage1_cache_is_built_once_then_reused(ray_local, train_data, tiny_checkpoint, tmp_path):
+    """--stage1-cache: the first refiner run samples stage 1 once over --data into the cache; a second
+    run reads it back (no sampler: the cache's files are not rewritten); both train and export."""
+    from pipelines.jobs.train.cache import MANIFEST, META
+    from pipelines.jobs.train.driver import run_train
+
+    cache = tmp_path / "cache"
+    kw = dict(ema=False, stage1_cache=str(cache), random_crop=True, workers=1, cpus_per_worker=1)
+    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, tmp_path / "a", **kw), echo=quiet)
+    assert res.summary["stage1_cache"] == dict(uri=str(cache), reused=False, rows=6)
+    manifest = pd.read_parquet(cache / MANIFEST)
+    assert {"composite", "mask", "real", "harmonized"} <= set(manifest.columns)
+    assert manifest["harmonized"].notna().sum() == 6 and json.loads((cache / META).read_text())["resolution"] == SIDE
+    pngs = sorted((cache / "harmonized").glob("*.png"))
+    assert len(pngs) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in [*pngs, cache / MANIFEST, cache / META]}
+    # The corrupt row failed in the cache build: it is counted as skipped, not trained on.
+    assert res.summary["rows_skipped"] == 1
+
+    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, tmp_path / "b", **kw), echo=quiet)
+    assert res.summary["stage1_cache"]["reused"] is True
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    train = pd.read_parquet(tmp_path / "b" / "metrics" / "train.parquet")
+    assert train["step"].tolist() == [1, 2] and np.isfinite(train["loss"]).all()
+    assert _unet_changed(tmp_path / "b" / "model", tiny_checkpoint, "refiner")
+    _image_runs(tmp_path / "b" / "model", train_data, tmp_path)
+
+
+def test_cached_augmentation_crops_all_four_alike():
+    from harmony_ops.training.augment import augment, augment_many
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    mask = (rng.random((40, 48)) > 0.5).astype(np.uint8)
+    (a, b, c), m = augment_many([img, img.copy(), img.copy()], mask, SIDE, np.random.default_rng(3))
+    assert (a == b).all() and (a == c).all() and m.shape == (SIDE, SIDE)
+    # Same draws as the three-image augment.
+    comp, m2, real = augment(img, mask, img, SIDE, np.random.default_rng(3))
+    assert (comp == a).all() and (m2 == m).all()
