@@ -20,7 +20,8 @@ from .checkpoints import NULL_EMBEDDING_FILE, NULL_EMBEDDING_KEY
 from .condition_vae import ConditionVAE
 from .refiner import UNet2DCustom
 
-Arch = Literal["tiny", "sd15-inpaint"]
+Arch = Literal["tiny", "demo", "sd15-inpaint"]
+ARCHS = ("tiny", "demo", "sd15-inpaint")
 RefinerInit = Literal["default", "identity"]
 REFINER_INITS = ("default", "identity")
 
@@ -63,6 +64,20 @@ UNET_CONFIGS = {
         attention_head_dim=8,
         norm_num_groups=8,
     ),
+    # The embedded model's (harmony_ops/weights/demo): SD-shaped but small enough to train from
+    # scratch on 2 CPU cores at 64 px (8 x 8 latents), 1.7 M parameters.
+    "demo": dict(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ),
 }
 
 VAE_CONFIGS = {
@@ -88,6 +103,19 @@ VAE_CONFIGS = {
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    ),
+    # 8x like SD's; its scaling_factor is re-measured by `harmony train --task vae` (1 / latent std).
+    "demo": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
         sample_size=64,
         scaling_factor=0.18215,
     ),
@@ -121,6 +149,21 @@ REFINER_CONFIGS = {
         downsample_padding=0,
         attention_head_dim=None,
         norm_num_groups=4,
+        norm_eps=1e-6,
+        add_attention=True,
+        input_residual=True,
+    ),
+    "demo": dict(
+        sample_size=64,
+        in_channels=7,
+        out_channels=3,
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        downsample_padding=0,
+        attention_head_dim=None,
+        norm_num_groups=8,
         norm_eps=1e-6,
         add_attention=True,
         input_residual=True,

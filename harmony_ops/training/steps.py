@@ -69,6 +69,35 @@ def harmony_vae_loss(cvae, real: torch.Tensor, composite: torch.Tensor, mask: to
     return F.l1_loss(out.float(), real.float().to(out.device), reduction="mean")
 
 
+# LDM's autoencoder weight of the KL term (taming/ldm configs, kl_weight 1e-6): the latents stay
+# close to a Gaussian without blurring the reconstruction much.
+VAE_KL_WEIGHT = 1e-6
+
+
+def vae_loss(vae, images: torch.Tensor, generator: torch.Generator | None = None,
+             kl_weight: float = VAE_KL_WEIGHT) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoencoderKL reconstruction loss (L1 of a posterior sample's decode + kl_weight * KL), as the
+    pixel and KL terms of LDM's autoencoder training; also returns the posterior sample, whose std
+    sets the exported `scaling_factor`."""
+    posterior = vae.encode(images).latent_dist
+    z = posterior.sample(generator)
+    rec = vae.decode(z).sample
+    loss = F.l1_loss(rec.float(), images.float().to(rec.device), reduction="mean") + kl_weight * posterior.kl().mean()
+    return loss, z.detach()
+
+
+class VAEObjective(torch.nn.Module):
+    """`vae_loss` as a module's forward, so DDP (which syncs gradients of what its forward ran)
+    can wrap it: the loss calls encode and decode, not the VAE's own forward."""
+
+    def __init__(self, vae, kl_weight: float = VAE_KL_WEIGHT):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        return vae_loss(self.vae, images, generator, self.kl_weight)
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1]."""
     return (images / 2 + 0.5).clamp(0, 1)

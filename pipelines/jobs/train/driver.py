@@ -81,7 +81,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
         loop_cfg = dict(cfg.model_dump(include={"task", "init", "resolution", "lr", "weight_decay", "warmup_steps", "ema",
                                                 "ema_decay", "precision", "seed", "max_steps", "batch_size", "plain_mse",
                                                 "checkpoint_every", "validate_every", "log_every", "sampler_steps",
-                                                "output", "storage_options"}),
+                                                "output", "storage_options", "cpus_per_worker"}),
                         validate_ref=val_ref, fail_at=os.environ.get(loop.FAIL_AT_ENV),
                         fail_marker=os.environ.get(loop.FAIL_MARKER_ENV))
         trainer = TorchTrainer(

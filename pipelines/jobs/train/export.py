@@ -9,7 +9,7 @@ from harmony_ops.checkpoints import HARMONY_VAE_DIR, resolve
 from pipelines.io.storage import filesystem, join
 
 # The folder of the checkpoint each task trains.
-PART = {"stage1": "unet", "inverse": "unet", "refiner": "refiner", "harmony-vae": HARMONY_VAE_DIR}
+PART = {"stage1": "unet", "inverse": "unet", "refiner": "refiner", "harmony-vae": HARMONY_VAE_DIR, "vae": "vae"}
 
 
 def export_model(init: str, trained_dir: Path, task: str, output: str, options: dict) -> str:

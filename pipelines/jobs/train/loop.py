@@ -46,6 +46,9 @@ def _models(cfg: dict, device):
         cvae = (load_model(ConditionVAE, ck.harmony_vae, "harmony-vae") if ck.harmony_vae is not None
                 else ConditionVAE.from_vae(vae)).to(device)
         unet.eval().requires_grad_(False)
+    if cfg["task"] == "vae":
+        vae.train().requires_grad_(True)
+        unet.eval().requires_grad_(False)
     if cfg["task"] == "refiner":
         if ck.refiner is None:
             raise ValueError(f"--task refiner: {cfg['init']} has no refiner/ to start from")
@@ -70,7 +73,12 @@ def _validate(cfg, sampler, refiner, val, step, device):
     comp, mask, real = to_tensors(val, cfg["resolution"])
     cond, target = (real, comp) if cfg["task"] == "inverse" else (comp, real)
     seeds = [cfg["seed"] + k for k in range(len(val))]
-    out = sampler(cond, mask, seeds=seeds, num_inference_steps=cfg["sampler_steps"])
+    if cfg["task"] == "vae":  # reconstruction of the real images (the posterior's mode)
+        with torch.no_grad():
+            vae = sampler.vae
+            out = (vae(target.to(device=vae.device), sample_posterior=False).sample / 2 + 0.5).clamp(0, 1).float().cpu()
+    else:
+        out = sampler(cond, mask, seeds=seeds, num_inference_steps=cfg["sampler_steps"])
     if refiner is not None:
         with torch.no_grad():
             x = make_refiner_input(out.to(device) * 2 - 1, mask.to(device), cond.to(device), refiner.config.in_channels)
@@ -91,15 +99,17 @@ def train_loop(cfg: dict) -> None:
     from diffusers.training_utils import EMAModel
 
     from harmony_ops.sampler import DiffHarmonySampler
-    from harmony_ops.training.steps import harmony_vae_loss, noise_scheduler, refiner_loss, stage1_loss
+    from harmony_ops.training.steps import VAEObjective, harmony_vae_loss, noise_scheduler, refiner_loss, stage1_loss
     from pipelines.jobs.train.data import harmonized_tensor, to_tensors
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg["seed"] + rank)
+    if device.type == "cpu":  # Ray pins a worker to one thread unless told; use what it reserved
+        torch.set_num_threads(max(1, round(cfg.get("cpus_per_worker") or 1)))
     unet, vae, null, sched_cfg, refiner, cvae = _models(cfg, device)
-    trained = {"refiner": refiner, "harmony-vae": cvae}.get(cfg["task"], unet)
+    trained = {"refiner": refiner, "harmony-vae": cvae, "vae": vae}.get(cfg["task"], unet)
     if device.type == "cuda" and trained._supports_gradient_checkpointing:
         trained.enable_gradient_checkpointing()  # memory for batch size; on CPU it only costs time
     trained.train()
@@ -109,6 +119,9 @@ def train_loop(cfg: dict) -> None:
     lr_at = lambda s: min(1.0, (s + 1) / warm) if warm else 1.0  # noqa: E731 - constant after linear warmup
     ema = EMAModel(params, decay=cfg["ema_decay"]) if cfg["ema"] else None
     step, rows, val_rows, skipped = 0, [], [], {}
+    # --task vae: running mean of the latents' variance; the exported scaling_factor is 1/std, as
+    # LDM set SD's 0.18215, so stage 1 sees unit-variance latents.
+    latent_var = torch.zeros(2, dtype=torch.float64)
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -118,12 +131,15 @@ def train_loop(cfg: dict) -> None:
             if ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
             step = int(state["step"])
+            if state.get("latent_var") is not None:
+                latent_var = state["latent_var"].to(torch.float64).cpu()
             rows = pd.read_parquet(Path(d) / ROWS).to_dict("records")
             if (Path(d) / VAL_ROWS).exists():
                 val_rows = pd.read_parquet(Path(d) / VAL_ROWS).to_dict("records")
             if (Path(d) / SKIPPED).exists():
                 skipped = {r["id"]: r for r in pd.read_parquet(Path(d) / SKIPPED).to_dict("records")}
-    model = ray.train.torch.prepare_model(trained) if world > 1 else trained
+    objective = VAEObjective(trained) if cfg["task"] == "vae" else trained
+    model = ray.train.torch.prepare_model(objective) if world > 1 else objective
     scheduler = noise_scheduler(sched_cfg)
     sampler = DiffHarmonySampler(unet, vae, sched_cfg, null, "euler_a", harmony_vae=cvae)
     gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank * 7919 + step)
@@ -145,9 +161,12 @@ def train_loop(cfg: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             state = {"model": trained.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                     "ema": ema.state_dict() if ema is not None else None}
+                     "ema": ema.state_dict() if ema is not None else None, "latent_var": latent_var}
             torch.save(state, Path(d) / STATE)
             export = trained
+            if cfg["task"] == "vae" and latent_var[1] > 0:
+                std = float((latent_var[0] / latent_var[1]).sqrt())
+                trained.register_to_config(scaling_factor=round(1.0 / max(std, 1e-6), 5))
             if ema is not None:
                 ema.store(trained.parameters())
                 ema.copy_to(trained.parameters())
@@ -187,6 +206,9 @@ def train_loop(cfg: dict) -> None:
                     loss = refiner_loss(model, harm, mask, comp, real, trained.config.in_channels)
                 elif cfg["task"] == "harmony-vae":
                     loss = harmony_vae_loss(model, real, comp, mask, gen)
+                elif cfg["task"] == "vae":  # both images of a row: more views of the same photographs
+                    loss, z = model(torch.cat([real, comp]), gen)
+                    latent_var += torch.tensor([float(z.double().var()) * z.numel(), float(z.numel())], dtype=torch.float64)
                 else:
                     target, cond = (comp, real) if cfg["task"] == "inverse" else (real, comp)
                     loss = stage1_loss(model, vae, scheduler, null, target, cond, mask, gen, cfg["plain_mse"])
