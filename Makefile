@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # boto3/botocore releases.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install bench model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/harmony demo $(DEMO_ARGS)
+
+# The embedded model (harmony_ops/weights/demo): the whole recipe, from scratch, on this machine's CPUs.
+# Finished steps are skipped and interrupted training resumes; RECIPE_ARGS=--restart redoes all.
+model: $(STAMP)
+	$(VENV)/bin/harmony recipe configs/recipes/demo --work build/recipe-demo $(RECIPE_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/harmony bench $(BENCH_ARGS)

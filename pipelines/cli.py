@@ -12,8 +12,8 @@ from pipelines.errors import ConfigError
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--engine", choices=["diffharmony", "baseline"], help="default: diffharmony with --model, else baseline")
-    g.add_argument("--model", help="DiffHarmony checkpoint (diffusers layout), local path or URI")
+    g.add_argument("--engine", choices=["diffharmony", "baseline"], help="default: diffharmony (with --model, else the embedded demo model)")
+    g.add_argument("--model", help="DiffHarmony checkpoint (diffusers layout), local path or URI (default: the embedded demo model)")
     g.add_argument("--unet", help="override the UNet (model or pipeline folder)")
     g.add_argument("--vae", help="override the VAE (e.g. sd-vae-ft-mse)")
     g.add_argument("--harmony-vae", help="Harmony-VAE (DiffHarmony++ condition_vae) URI (default: the model's harmony_vae/ folder)")
@@ -65,8 +65,9 @@ def cmd_image(a: argparse.Namespace) -> int:
     flags = _model_overrides(a)
     flags.update(composite=a.composite, mask=a.mask, output=a.output, seed=a.seed)
     cfg = build(ImageJobConfig, a.config, flags)
-    engine = cfg.model.engine + ("" if cfg.model.model or cfg.model.engine == "diffharmony" else " (no --model given)")
-    print(f"harmony image: engine {engine}, resolution {cfg.resolution.mode}", file=sys.stderr)
+    from harmony_ops.defaults import model_label
+
+    print(f"harmony image: {model_label(cfg.model.engine, cfg.model.model)}, resolution {cfg.resolution.mode}", file=sys.stderr)
     r = run_image(cfg)
     crop = f" crop {r.plan.crop}" if r.plan.crop else ""
     print(f"wrote {r.output} ({r.width}x{r.height}); inference {r.plan.width}x{r.plan.height}{crop}")
@@ -181,7 +182,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from pipelines.jobs.demo.demo import run_demo
 
-    return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images)
+    return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images, engine=a.engine)
 
 
 def cmd_import_iharmony4(a: argparse.Namespace) -> int:
@@ -231,6 +232,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = build(TrainJobConfig, a.config, _train_flags(a))
     return run_train(cfg).exit_code
+
+
+def cmd_recipe(a: argparse.Namespace) -> int:
+    from pipelines.jobs.recipe.runner import run_recipe
+
+    caps = dict(kv.split("=", 1) for kv in a.cap or [])
+    run_recipe(a.recipe, a.work, restart=a.restart, only=a.only, until=a.until, caps={k: int(v) for k, v in caps.items()})
+    return 0
 
 
 def cmd_make_checkpoint(a: argparse.Namespace) -> int:
@@ -361,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="build sample composites and run the whole harmonize job on them")
     s.add_argument("--output", default="demo-output", help="local folder for data and results")
-    s.add_argument("--model", help="run DiffHarmony with this checkpoint (default: baseline engine)")
+    s.add_argument("--model", help="run DiffHarmony with this checkpoint (default: the embedded demo model)")
+    s.add_argument("--engine", choices=["diffharmony", "baseline"], help="baseline: the Lab colour-statistics transfer instead")
     s.add_argument("--s3", action="store_true", help="go through an embedded S3 server (moto)")
     s.add_argument("--images", type=int, default=8, help="number of sample composites")
     s.set_defaults(func=cmd_demo)
@@ -400,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("train", help="fine-tune a DiffHarmony part on Ray Train (stage1, refiner, inverse, harmony-vae)")
-    s.add_argument("--task", choices=["stage1", "refiner", "inverse", "harmony-vae"])
+    s = sub.add_parser("train", help="fine-tune a DiffHarmony part on Ray Train (stage1, refiner, inverse, harmony-vae, vae)")
+    s.add_argument("--task", choices=["stage1", "refiner", "inverse", "harmony-vae", "vae"])
     s.add_argument("--data", help="training manifest with composite, mask, real")
     s.add_argument("--init", help="checkpoint to start from (local path or fsspec URI)")
     s.add_argument("--output", help="output prefix URI (model/, metrics/, checkpoints/, summary.json, report/)")
@@ -431,10 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
     _force_flag(s)
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("recipe", help="run a training recipe (a folder of step YAMLs), e.g. the embedded model's: make model")
+    s.add_argument("recipe", nargs="?", default="configs/recipes/demo", help="recipe folder (default configs/recipes/demo)")
+    s.add_argument("--work", default="build/recipe-demo", help="work folder: data, checkpoints, step markers (default build/recipe-demo)")
+    s.add_argument("--restart", action="store_true", help="run every step again (default: skip finished steps, resume training)")
+    s.add_argument("--only", metavar="STEP", help="run this step alone (e.g. 08-evaluate)")
+    s.add_argument("--until", metavar="STEP", help="stop after this step")
+    s.add_argument("--cap", action="append", metavar="KEY=N", help="upper bound on a numeric step setting, e.g. max_steps=5 (trial runs)")
+    s.set_defaults(func=cmd_recipe)
+
     s = sub.add_parser("make-checkpoint", help="write a seeded, randomly initialised checkpoint (tests, benchmarks)")
     s.add_argument("dir")
     s.add_argument("--tiny", action="store_true", help="same as --arch tiny")
-    s.add_argument("--arch", choices=["tiny", "sd15-inpaint"], default="tiny")
+    s.add_argument("--arch", choices=["tiny", "demo", "sd15-inpaint"], default="tiny")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-refiner", action="store_true", help="do not write refiner/")
     s.add_argument("--archive", action="store_true",
