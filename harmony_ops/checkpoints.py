@@ -25,6 +25,7 @@ import fsspec
 import torch
 
 from .remote import client_options
+from .defaults import is_embedded
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ def resolve(uri: str, storage_options: dict | None = None, cache_dir: Path | Non
     if not is_remote(uri):
         path = _local_path(uri)
         if not path.exists():
+            if is_embedded(uri):
+                raise CheckpointError(f"the embedded model is missing ({uri}): rebuild it with `make model`, "
+                                      "pass --model URI, or use --engine baseline")
             raise CheckpointError(f"checkpoint {uri} does not exist")
         return path
     fs, root = fsspec.core.url_to_fs(uri, **client_options(uri, storage_options))  # HTTP(S): no redirects
@@ -264,6 +268,16 @@ class ResolvedCheckpoint:
     vae: Path
     refiner: Path | None
     harmony_vae: Path | None = None
+
+    @property
+    def class_sizes(self) -> tuple[int, int] | None:
+        """The inference class sizes the model declares (model_index.json `harmony.class_sizes`): a
+        model trained at other sizes than SD's 512 / 1024 px says so, and runs there by default."""
+        try:
+            sizes = json.loads((self.root / "model_index.json").read_text()).get("harmony", {}).get("class_sizes")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return (int(sizes[0]), int(sizes[1])) if sizes else None
 
     @property
     def model_id(self) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, SCHEDULER_NAMES
+from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, EMBEDDED_MODEL_DIR, SCHEDULER_NAMES, is_embedded
 from harmony_ops.perturb import DEFAULT_KIND_WEIGHTS, normalise_weights
 from harmony_ops.resolution import ResolutionPolicy
 from pipelines.core.stage import PoolConfig
@@ -27,9 +27,10 @@ class ModelConfig(Strict):
     engine: Literal["diffharmony", "baseline"] | None = Field(
         None,
         description="diffharmony (two-stage diffusion) or baseline (Lab colour-statistics transfer); "
-        "unset: diffharmony when a model is given, else baseline",
+        "unset: diffharmony",
     )
-    model: str | None = Field(None, description="DiffHarmony checkpoint (diffusers layout): local path or fsspec URI")
+    model: str | None = Field(None, description="DiffHarmony checkpoint (diffusers layout): local path or fsspec URI; "
+                              "unset: the embedded demo model (harmony_ops/weights/demo, trained by `make model`)")
     unet: str | None = Field(None, description="override for the UNet (model folder or pipeline folder)")
     vae: str | None = Field(None, description="override for the VAE, e.g. sd-vae-ft-mse")
     refiner: str | None = Field(
@@ -57,11 +58,11 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _model_needed(self) -> "ModelConfig":
+        # validate_assignment would re-enter this validator: set the fields directly.
         if self.engine is None:
-            # validate_assignment would re-enter this validator: set the field directly.
-            object.__setattr__(self, "engine", "diffharmony" if self.model else "baseline")
+            object.__setattr__(self, "engine", "diffharmony")
         if self.engine == "diffharmony" and not self.model:
-            raise ValueError("engine diffharmony needs `model` (--model URI); use --engine baseline to run without one")
+            object.__setattr__(self, "model", str(EMBEDDED_MODEL_DIR))
         return self
 
     def engine_kwargs(self, storage_options: dict | None = None) -> dict[str, Any]:
@@ -96,6 +97,12 @@ class ResolutionConfig(Strict):
     @classmethod
     def _str_mode(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
+
+    def adopt_class_sizes(self, declared: tuple[int, int] | None) -> None:
+        """A model's declared class sizes (model_index.json `harmony.class_sizes`) replace the
+        default 512 / 1024 px, unless the configuration set class_sizes itself."""
+        if declared and "class_sizes" not in self.model_fields_set:
+            self.class_sizes = tuple(declared)
 
     def policy(self) -> ResolutionPolicy:
         return ResolutionPolicy(
@@ -318,7 +325,8 @@ class SynthesizeJobConfig(JobConfig):
 
     @model_validator(mode="after")
     def _inverse_needs_a_model(self) -> "SynthesizeJobConfig":
-        if self.method == "inverse" and (self.model.engine != "diffharmony" or not self.model.model):
+        if self.method == "inverse" and (self.model.engine != "diffharmony" or is_embedded(self.model.model)
+                                         or "model" not in self.model.model_fields_set):
             raise ValueError("method inverse needs the inverse model: --model URI (e.g. DST/inverse from harmony convert-weights)")
         return self
 
@@ -377,9 +385,10 @@ class TrainJobConfig(JobConfig):
     """`harmony train`: fine-tune one part of a DiffHarmony checkpoint on Ray Train."""
 
     block_rows: int = Field(8, ge=1, description="manifest rows per Ray block")
-    task: Literal["stage1", "refiner", "inverse", "harmony-vae"] = Field(
+    task: Literal["stage1", "refiner", "inverse", "harmony-vae", "vae"] = Field(
         description="stage1: the inpainting UNet; refiner: the stage-2 U-Net; inverse: stage 1 with real and composite "
-        "swapped; harmony-vae: DiffHarmony++'s conditional decoder"
+        "swapped; harmony-vae: DiffHarmony++'s conditional decoder; vae: the AutoencoderKL itself, for reconstruction "
+        "(from scratch when no pretrained VAE can be had; train it before stage 1, whose latents it defines)"
     )
     data: str = Field(description="training manifest (composite, mask, real), as synthesize and import-iharmony4 write")
     init: str = Field(description="checkpoint to start from; its other parts are copied into model/ unchanged")

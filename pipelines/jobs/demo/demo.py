@@ -29,7 +29,8 @@ def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
     return write_scenes(folder, scenes(), subset="skimage")
 
 
-def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8) -> int:
+def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8,
+             engine: str | None = None) -> int:
     from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
@@ -37,18 +38,18 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
     manifest = build_demo_data(out / "data", images)
     print(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "
           f"and {manifest}")
-    if model:
-        print(f"demo: engine diffharmony with {model}")
-    else:
-        print("demo: no --model given, so the baseline engine (Lab colour-statistics transfer) runs; "
-              "pass --model DIR (e.g. from `harmony make-checkpoint`) for DiffHarmony")
+    from harmony_ops.defaults import model_label
+
+    model_cfg = ModelConfig(model=model, engine=engine)
+    note = "" if model or engine == "baseline" else " (no --model given; pass --model DIR, or --engine baseline)"
+    print(f"demo: {model_label(model_cfg.engine, model_cfg.model)}{note}")
     cpus = os.cpu_count() or 2
     pools = PoolsConfig(
         decode=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
         model=PoolConfig(batch_size=2, min_workers=1, max_workers=1),  # CPUs: the job's rule per engine
         finish=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
     )
-    common = dict(model=ModelConfig(model=model), pools=pools, block_rows=2)
+    common = dict(model=model_cfg, pools=pools, block_rows=2)
     if not s3:
         cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
         return run_harmonize(cfg).exit_code

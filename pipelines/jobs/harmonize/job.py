@@ -16,6 +16,7 @@ import sys
 
 import pandas as pd
 
+from harmony_ops.defaults import model_label
 from pipelines.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.core.stage import PoolConfig
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
-    """(model id, engine needs inference resize); checks every checkpoint part before Ray starts."""
+    """(model id, engine needs inference resize); checks every checkpoint part before Ray starts, and
+    adopts the inference class sizes the model declares unless the configuration sets them."""
     m = cfg.model
     if m.engine == "baseline":
         from harmony_ops.defaults import BASELINE_MODEL_ID
@@ -46,6 +48,7 @@ def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
 
     check_checkpoint_sources(cfg)
     ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle, m.harmony_vae, m.decoder)
+    cfg.resolution.adopt_class_sizes(ckpt.class_sizes)
     return ckpt.model_id, True
 
 
@@ -169,7 +172,8 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     model = stages[1].pool
     echo(
         f"harmony harmonize: {len(rows) + len(carried)} rows ({len(todo)} to run, {len(carried)} already done, "
-        f"{len(settled)} invalid); engine {cfg.model.engine} ({model_id}), resolution {cfg.resolution.mode}, "
+        f"{len(settled)} invalid); {model_label(cfg.model.engine, cfg.model.model)} (id {model_id}), "
+        f"resolution {cfg.resolution.mode} at {cfg.resolution.class_sizes[0]}/{cfg.resolution.class_sizes[1]} px, "
         f"model pool {model.min_workers}-{model.max_workers} x {model.num_gpus:g} GPU, batch {model.batch_size}"
     )
     fresh = run.stream(todo, stages, keep=COLUMNS, finalize=to_arrow)

@@ -171,12 +171,13 @@ def test_known_schedulers_accepted(name):
     assert ModelConfig(model="/ckpt", scheduler=name).scheduler == name
 
 
-def test_engine_diffharmony_without_model_is_an_error():
-    with pytest.raises(ConfigError) as ei:
-        build(ImageJobConfig, None, {**IMAGE_FLAGS, "model": {"engine": "diffharmony"}})
-    msg = str(ei.value)
-    assert "\n  model: " in msg  # the location of the error: the `model` block
-    assert "engine diffharmony needs `model`" in msg
+def test_a_missing_embedded_model_says_how_to_get_it(tmp_path, monkeypatch):
+    import harmony_ops.defaults as defaults
+    from harmony_ops.checkpoints import CheckpointError, resolve
+
+    monkeypatch.setattr(defaults, "EMBEDDED_MODEL_DIR", tmp_path / "weights" / "demo")
+    with pytest.raises(CheckpointError, match="make model.*--engine baseline"):
+        resolve(str(tmp_path / "weights" / "demo"))
 
 
 def test_unknown_engine_names_the_field():
@@ -221,10 +222,40 @@ def test_several_errors_are_all_listed():
 # --- engine default ---------------------------------------------------------------------------
 
 
-def test_engine_defaults_to_baseline_without_model():
-    cfg = build(ImageJobConfig, None, dict(IMAGE_FLAGS))
-    assert cfg.model.engine == "baseline"
+def test_engine_defaults_to_the_embedded_model_without_model():
+    from harmony_ops.defaults import EMBEDDED_MODEL_DIR, is_embedded
+
+    for flags in (dict(IMAGE_FLAGS), {**IMAGE_FLAGS, "model": {"engine": "diffharmony"}}):
+        cfg = build(ImageJobConfig, None, flags)
+        assert cfg.model.engine == "diffharmony"
+        assert cfg.model.model == str(EMBEDDED_MODEL_DIR) and is_embedded(cfg.model.model)
+    assert not is_embedded("/ckpt") and not is_embedded("s3://b/harmony_ops/weights/demo")
+
+
+def test_baseline_engine_stays_available_without_model():
+    cfg = build(ImageJobConfig, None, {**IMAGE_FLAGS, "model": {"engine": "baseline"}})
+    assert cfg.model.engine == "baseline" and cfg.model.model is None
     assert cfg.model.engine_kwargs() == {}
+
+
+def test_inverse_synthesis_never_falls_back_to_the_embedded_stage1_model():
+    from pipelines.config import SynthesizeJobConfig
+
+    with pytest.raises(ConfigError, match="inverse model"):
+        build(SynthesizeJobConfig, None, {"manifest": "m.csv", "output": "o", "method": "inverse"})
+
+
+def test_a_model_declares_its_class_sizes_unless_the_config_sets_them():
+    from pipelines.config import ResolutionConfig
+
+    r = ResolutionConfig()
+    r.adopt_class_sizes((64, 128))
+    assert tuple(r.class_sizes) == (64, 128)
+    r.adopt_class_sizes(None)
+    assert tuple(r.class_sizes) == (64, 128)
+    fixed = ResolutionConfig(class_sizes=(256, 512))
+    fixed.adopt_class_sizes((64, 128))
+    assert tuple(fixed.class_sizes) == (256, 512)
 
 
 def test_engine_defaults_to_diffharmony_with_model():
@@ -339,13 +370,13 @@ def test_validate_assignment_checks_later_changes():
 def test_baseline_model_pool_takes_a_light_cpu_share_and_no_gpu():
     from pipelines.jobs.harmonize.job import BASELINE_MODEL_CPUS, model_pool
 
-    cfg = build(HarmonizeJobConfig, None, dict(JOB_FLAGS))
+    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "model": {"engine": "baseline"}})
     assert cfg.model.engine == "baseline"
     for has_gpu in (False, True):
         pool = model_pool(cfg, has_gpu)
         assert (pool.num_cpus, pool.num_gpus) == (BASELINE_MODEL_CPUS, 0.0)
     # a pool given without num_cpus (--batch-size, --actors) still gets the light share
-    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "pools": {"model": {"batch_size": 8}}})
+    cfg = build(HarmonizeJobConfig, None, {**JOB_FLAGS, "model": {"engine": "baseline"}, "pools": {"model": {"batch_size": 8}}})
     assert model_pool(cfg, False).num_cpus == BASELINE_MODEL_CPUS
 
 
