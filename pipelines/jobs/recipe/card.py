@@ -149,6 +149,10 @@ def install_model(cfg: dict, log: dict, echo=print) -> dict:
             shutil.copy2(p, dest / p.relative_to(src))
     index_path = dest / "model_index.json"
     index = json.loads(index_path.read_text())
+    from pipelines.jobs.recipe.runner import code_commit
+
+    # The commit at install time: the code that trained is that commit's if the tree was clean throughout.
+    log = {**log, "commit": code_commit()}
     index["harmony"] = {"arch": "demo", "seed": cfg.get("seed", 0), "random_weights": False,
                         "class_sizes": list(cfg["class_sizes"]), "recipe": log["recipe"], "commit": log["commit"]}
     index_path.write_text(json.dumps(index, indent=2))

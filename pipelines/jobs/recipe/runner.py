@@ -48,12 +48,18 @@ def load_steps(folder: str | Path) -> list[tuple[str, dict]]:
     return steps
 
 
-def _commit() -> str:
+def code_commit() -> str:
+    """The commit of the code that runs, "+changes" when its code or recipes differ from it."""
+    here = Path(__file__).parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "harmony_ops/*.py", "harmony_ops/training",
+                                "pipelines", "schemas", "configs"], capture_output=True, text=True,
+                               cwd=here.parents[2], check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def _run_step(kind: str, cfg: dict, work: Path, log: dict, echo) -> dict:
@@ -102,7 +108,7 @@ def run_recipe(folder: str | Path, work: str | Path, restart: bool = False, only
             raise JobError(f"recipe {folder} has no step {name!r}; steps: {[n for n, _ in steps]}")
     marks = work / "steps"
     marks.mkdir(parents=True, exist_ok=True)
-    log: dict[str, Any] = {"recipe": str(folder), "work": str(work), "commit": _commit(),
+    log: dict[str, Any] = {"recipe": str(folder), "work": str(work), "commit": code_commit(),
                            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "steps": {}}
     for name, spec in steps:
         mark = marks / f"{name}.json"
