@@ -17,6 +17,12 @@ os.environ.setdefault("HARMONY_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
             "AWS_DEFAULT_REGION": "us-east-1"}
 os.environ.update(FAKE_AWS)
+# Ray Train V2 on a 2-core test machine: its controller polls the workers every 2 s by default, so a
+# run's start, end and each restart wait up to that long; and each run starts a preemption-watcher
+# actor (one more Python process) for node drains a local test cluster never has. Set before any Ray
+# instance starts: its raylet and workers inherit the environment, as do `harmony train` subprocesses.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -146,7 +146,8 @@ def test_model_actor_killed_mid_run_is_restarted_and_the_job_completes(ray_local
 def test_node_removed_mid_run(tmp_path, tiny_checkpoint, monkeypatch):
     """The model actor is placed on purpose (a custom resource only the doomed node offers) and
     holds a row there; the node is then removed and a replacement joins: the held row is re-run
-    on the replacement and every row ends ok, once."""
+    on the replacement and every row ends ok, once. (It is also the suite's job on a two-node
+    cluster: two nodes alive at the start, every row ok once at the end.)"""
     import ray
     from ray.cluster_utils import Cluster
 
