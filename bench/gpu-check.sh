@@ -12,7 +12,7 @@
 # gpu-bench.md (rewritten after every row, so a stop at the time limit keeps the rows done), gpu-check.log.
 # Environment: PYTHON (python3: on the GPU machine, the one that holds torch), WHEELS (.whl), SITE
 # (/tmp/site: where the wheels go), BUDGET_S (420 s for both sections, 120 with --dry-run; the train
-# section has the last --train-share of it, 20%; the run is stopped at BUDGET_S + 40 s whatever happens),
+# section has the last --train-share of it, 15%; the run is stopped at BUDGET_S + 40 s whatever happens),
 # SECTIONS (model,train).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

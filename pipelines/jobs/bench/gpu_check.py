@@ -59,13 +59,13 @@ SECTIONS = ("model", "train")
 GPU_DEFAULTS = dict(arch="sd15-inpaint", device="cuda", resolution="512,1024", batch_size="1,4,8", dtypes="fp16,bf16",
                     repeats=3, steps=5, budget_s=420.0, compile_backend="inductor", assumed_tflops=50.0,
                     compile_estimate_s=120.0, threads=None, train_resolution="512", train_batch_size="1,4",
-                    train_precisions="bf16,fp32", train_share=0.2)
+                    train_precisions="bf16,fp32", train_share=0.15)
 # The same grid logic on the CPU, in seconds: tiny model, one small size, dynamo tracing without inductor's
 # code generation (each compile row still traces the UNet: the costliest rows here too).
 DRY_DEFAULTS = dict(arch="tiny", device="cpu", resolution="32", batch_size="1,2", dtypes="fp16,bf16",
                     repeats=1, steps=1, budget_s=120.0, compile_backend="eager", assumed_tflops=0.005,
                     compile_estimate_s=20.0, threads=1, train_resolution="32", train_batch_size="1,2",
-                    train_precisions="fp32", train_share=0.2)
+                    train_precisions="fp32", train_share=0.15)
 
 # A change "pays" when it is at least this much faster than the base row of the same size (and more than
 # the run-to-run spread of the rows compared).
@@ -464,7 +464,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch-size", help="train section: comma-separated batch sizes (default 1,4; 1,2 with --dry-run)")
     p.add_argument("--train-precisions", help="train section: comma-separated autocast precisions, the first at every "
                                                 "size and batch (default bf16,fp32; fp32 with --dry-run: the CPU runs fp32)")
-    p.add_argument("--train-share", type=float, help="share of the budget kept for the train section when both run (default 0.2)")
+    p.add_argument("--train-share", type=float, help="share of the budget kept for the train section when both run (default 0.15)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--out", help="output folder (default: $OUT, else bench-results/gpu)")
     a = p.parse_args(argv)
