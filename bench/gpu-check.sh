@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The GPU check: the model section (stage 1 and the refiner of --arch sd15-inpaint) over a grid of sizes,
-# batches, precisions and optimisations, in one call of at most 8 minutes on a lent GPU machine.
+# batches, precisions and optimisations, then the train section (one optimisation step of stage 1 and of the
+# refiner: samples/s per worker, bf16 autocast and fp32), in one call of at most 8 minutes on a lent GPU machine.
 # BENCHMARKS.md ("GPU check") says how to fill .whl/ and which `run` call to make.
 #
-#   bash bench/gpu-check.sh               # GPU machine: installs the carried .whl/*.whl, runs the grid
+#   bash bench/gpu-check.sh               # GPU machine: installs the carried .whl/*.whl, runs both sections
 #   bash bench/gpu-check.sh --dry-run     # any machine: the same logic on the CPU, tiny model, seconds
 #   bash bench/gpu-check.sh --resolution 512 --budget-s 200   # other flags go to pipelines.jobs.bench.gpu_check
 #
 # Writes to $OUT (default bench-results/gpu): gpu-bench.jsonl (a line per row), gpu-bench.json and
 # gpu-bench.md (rewritten after every row, so a stop at the time limit keeps the rows done), gpu-check.log.
 # Environment: PYTHON (python3: on the GPU machine, the one that holds torch), WHEELS (.whl), SITE
-# (/tmp/site: where the wheels go), BUDGET_S (420 s for the grid, 120 with --dry-run; the grid is
-# stopped at BUDGET_S + 40 s whatever happens), SECTIONS (model).
+# (/tmp/site: where the wheels go), BUDGET_S (420 s for both sections, 120 with --dry-run; the train
+# section has the last --train-share of it, 15%; the run is stopped at BUDGET_S + 40 s whatever happens),
+# SECTIONS (model,train).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -19,9 +21,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-bench-results/gpu}
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/site}
-# Issue 14 adds training samples/s here, in the same call: SECTIONS=model,train once
-# `harmony bench --sections train` exists (and gpu_check.SECTIONS lists it).
-SECTIONS=${SECTIONS:-model}
+SECTIONS=${SECTIONS:-model,train}
 dry=0
 for arg in "$@"; do [[ $arg == --dry-run ]] && dry=1; done
 if [[ -z ${BUDGET_S:-} ]]; then
@@ -79,14 +79,15 @@ for name in ("torch", "diffusers", "huggingface_hub", "safetensors", "numpy", "p
         print(f"{name} {md.version(name)}")
     except md.PackageNotFoundError:
         print(f"{name} missing")
-print("not needed by the model section:",
+print("not needed by the model and train sections:",
       ", ".join(f"{n} {'present' if present(n) else 'absent'}" for n in ("ray", "pandera", "s3fs", "pydantic")))
 if not present("diffusers"):  # found, not imported: the grid imports it (and torch) once, and records versions
     sys.exit("gpu-check: diffusers is missing: fill .whl/ with bench/fetch-wheels.sh where pip works, and carry it")
 EOF
 [[ ${PIPESTATUS[0]} == 0 ]] || exit 1
 
-# 3. The grid, stopped at its budget plus a margin whatever happens; rows done stay in $OUT.
+# 3. The sections (model grid, then train rows), stopped at the budget plus a margin whatever happens;
+#    the rows done stay in $OUT.
 say "sections $SECTIONS, budget ${BUDGET_S} s, writing $OUT"
 PYTHONUNBUFFERED=1 timeout -k 10 $((BUDGET_S + 40)) "$PYTHON" -m pipelines.jobs.bench.gpu_check \
   --out "$OUT" --budget-s "$BUDGET_S" --sections "$SECTIONS" "$@" 2>&1 | tee -a "$LOG"

@@ -17,6 +17,15 @@ from ..refiner import make_refiner_input
 from .losses import diffusion_target, foreground_weighted_mse
 
 
+def autocast(device, precision: str):
+    """The mixed precision a training step runs under: bf16 autocast on CUDA for "auto" and "bf16", fp16
+    for "fp16"; none on the CPU or for "fp32" (the weights, gradients and AdamW state stay fp32)."""
+    device = torch.device(device)
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
 def noise_scheduler(config: dict) -> DDPMScheduler:
     """The training noise schedule from the checkpoint's scheduler config (betas, prediction_type)."""
     return DDPMScheduler.from_config(config)

@@ -58,10 +58,9 @@ def _models(cfg: dict, device):
 
 
 def _autocast(cfg: dict, device):
-    if device.type != "cuda" or cfg["precision"] == "fp32":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.float16 if cfg["precision"] == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+    from harmony_ops.training.steps import autocast  # shared with `harmony bench --sections train`
+
+    return autocast(device, cfg["precision"])
 
 
 def _validate(cfg, sampler, refiner, val, step, device):

@@ -1,6 +1,6 @@
 """The GPU check (bench/gpu-check.sh, pipelines.jobs.bench.gpu_check) on the CPU: its grid, its budget
-guard, its outputs, and that the model section runs where Ray, pandera, s3fs and pydantic are absent (as
-on the lent GPU machine). No figure is asserted: these check the logic a device run depends on."""
+guard, its outputs, and that the model and train sections run where Ray, pandera, s3fs and pydantic are
+absent (as on the lent GPU machine). No figure is asserted: these check the logic a device run depends on."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.jobs.bench.bench import ModelOptions, TunedModels, build_engine, run_bench
-from pipelines.jobs.bench.gpu_check import main, plan_grid, what_paid
+from pipelines.jobs.bench.gpu_check import TrainConfig, main, plan_grid, plan_train, what_paid
 
 ROOT = Path(__file__).resolve().parents[4]
 # Absent on the GPU machine's image (KINDS.md): the model section must not import them.
@@ -155,7 +155,9 @@ def _doc(out: Path) -> dict:
 
 
 # One size, one batch, one precision: 5 rows (base, channels-last, no-sdpa, compile, compile+channels-last).
-SMALL = ["--dry-run", "--resolution", "32", "--batch-size", "1", "--dtypes", "fp32"]
+SMALL = ["--dry-run", "--sections", "model", "--resolution", "32", "--batch-size", "1", "--dtypes", "fp32"]
+# The train section alone at one size and batch: 2 rows (stage 1, refiner), fp32 (the CPU runs fp32).
+TRAIN = ["--dry-run", "--sections", "train", "--train-resolution", "32", "--train-batch-size", "1"]
 
 
 def test_the_budget_guard_skips_rows_that_would_not_fit_and_still_writes_them(tmp_path):
@@ -228,11 +230,66 @@ def test_a_row_that_fails_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch
     assert "| no-sdpa-32px-b1 | float32 | no-sdpa |" in (out / "gpu-bench.md").read_text()
 
 
+def test_the_train_plan_runs_what_training_runs_first():
+    plan = plan_train((512,), (1, 4), ("bf16", "fp32"))
+    assert [(c.task, c.precision, c.resolution, c.batch_size) for c in plan] == [
+        ("stage1", "bf16", 512, 1), ("stage1", "bf16", 512, 4), ("refiner", "bf16", 512, 1), ("refiner", "bf16", 512, 4),
+        ("stage1", "fp32", 512, 4), ("refiner", "fp32", 512, 4)]  # the other precision: largest batch only
+    assert plan[0] == TrainConfig("stage1", 512, 1, "bf16") and plan[0].id == "train-stage1-bf16-512px-b1"
+
+
+def test_the_train_section_has_its_share_of_the_budget(tmp_path):
+    # The model section may plan rows until (1 - share) x budget: share 1 leaves it none, so every model row
+    # is skipped and the train section, with all of it, runs.
+    out = tmp_path / "a"
+    assert main(SMALL[:2] + ["model,train"] + SMALL[3:] + TRAIN[3:] + ["--out", str(out), "--budget-s", "600",
+                                                                          "--train-share", "1"]) == 0
+    doc = _doc(out)
+    assert doc["section_budgets_s"] == {"model": 0, "train": 600}
+    assert [r["id"] for r in doc["rows"]] == [p["id"] for p in doc["plan"]]
+    assert [(r["section"], r["status"]) for r in doc["rows"]] == [("model", "skipped")] * 5 + [("train", "ok")] * 2
+    # No time left at all: every train row is recorded as skipped, in both files, without counting FLOPs.
+    assert main(TRAIN + ["--out", str(tmp_path / "b"), "--budget-s", "0"]) == 0
+    doc = _doc(tmp_path / "b")
+    assert [(r["id"], r["status"], r["reason"]) for r in doc["rows"]] == [
+        ("train-stage1-fp32-32px-b1", "skipped", "time budget: none left"),
+        ("train-refiner-fp32-32px-b1", "skipped", "time budget: none left")]
+    md = (tmp_path / "b" / "gpu-bench.md").read_text()
+    assert "| train-refiner-fp32-32px-b1 | refiner | fp32 | 32 | 1 |" in md and "skipped: time budget" in md
+    assert "| row | dtype | options |" not in md  # no model table when the model section is not asked for
+
+
+def test_a_train_row_estimated_past_the_budget_is_skipped_and_a_stop_keeps_the_rows_done(tmp_path, monkeypatch):
+    from pipelines.jobs.bench import gpu_check
+
+    # An assumed rate so low that no row fits: skipped with its estimate, before any model is built.
+    assert main(TRAIN + ["--out", str(tmp_path / "a"), "--budget-s", "60", "--assumed-tflops", "1e-12"]) == 0
+    rows = _doc(tmp_path / "a")["rows"]
+    assert [r["status"] for r in rows] == ["skipped"] * 2 and all("needs ~" in r["reason"] for r in rows)
+    # Stopped in the second row: the first stays in every file.
+    real, calls = gpu_check.train_row, []
+
+    def stopped_in_the_second_row(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "train_row", stopped_in_the_second_row)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        main(TRAIN + ["--out", str(out), "--budget-s", "600"])
+    doc = _doc(out)
+    assert [r["id"] for r in doc["rows"]] == ["train-stage1-fp32-32px-b1"] and doc["running"] == "train-refiner-fp32-32px-b1"
+    assert doc["complete"] is False and len((out / "gpu-bench.jsonl").read_text().splitlines()) == 1
+    assert "| train-stage1-fp32-32px-b1 | stage1 | fp32 | 32 | 1 |" in (out / "gpu-bench.md").read_text()
+
+
 def test_sections_outside_the_gpu_script_are_refused_by_name(capsys):
-    # `train` runs in `harmony bench --sections train`, not yet in this script.
+    # `pipeline` needs Ray: `harmony bench` runs it, this script does not.
     with pytest.raises(SystemExit) as exc:
-        main(["--dry-run", "--sections", "model,train"])
-    assert exc.value.code == 2 and "unknown section 'train'" in capsys.readouterr().err
+        main(["--dry-run", "--sections", "model,pipeline"])
+    assert exc.value.code == 2 and "unknown section 'pipeline'; choose from model, train" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown section 'modle'"):
         run_bench(sections=("modle",))
 
@@ -264,8 +321,21 @@ def test_the_script_installs_carried_wheels_and_runs_the_grid_without_ray(tmp_pa
 
     doc = _doc(out)
     rows = doc["rows"]
-    assert doc["complete"] is True and doc["arch"] == "tiny" and doc["sections"] == ["model"]
-    assert [r["id"] for r in rows] == [p["id"] for p in doc["plan"]] and len(rows) == 10
+    assert doc["complete"] is True and doc["arch"] == "tiny" and doc["sections"] == ["model", "train"]
+    assert [r["id"] for r in doc["rows"]] == [p["id"] for p in doc["plan"]]
+    rows = [r for r in doc["rows"] if r["section"] == "model"]
+    train = [r for r in doc["rows"] if r["section"] == "train"]
+    assert len(rows) == 10 and doc["rows"][:10] == rows  # the model grid first, then the train rows
+    assert [(r["task"], r["batch_size"], r["precision"]) for r in train] == [
+        ("stage1", 1, "fp32"), ("stage1", 2, "fp32"), ("refiner", 1, "fp32"), ("refiner", 2, "fp32")]
+    assert {r["status"] for r in train} == {"ok"}, [(r["id"], r.get("reason")) for r in train if r["status"] != "ok"]
+    for row in train:
+        for key in ("samples_per_s_per_worker", "seconds_per_step", "gflop_per_sample", "tflops", "utilisation", "first_step_s"):
+            assert row[key] > 0, (row["id"], key)
+        assert row["samples_per_s_per_worker"] == pytest.approx(row["batch_size"] / row["seconds_per_step"])
+        assert row["tflops"] == pytest.approx(row["gflop_per_sample"] * row["batch_size"] / row["seconds_per_step"] / 1e3)
+    # The refiner's step includes its frozen sampler: more work per sample than stage 1's at the tiny size.
+    assert train[2]["gflop_per_sample"] > train[0]["gflop_per_sample"]
     assert {r["status"] for r in rows} == {"ok"}, [(r["id"], r.get("reason")) for r in rows if r["status"] != "ok"]
     for row in rows:
         for key in ("stage1_images_per_s", "stage1_s_per_image", "stage1_tflops", "stage1_utilisation",
@@ -275,9 +345,10 @@ def test_the_script_installs_carried_wheels_and_runs_the_grid_without_ray(tmp_pa
         assert (row["compile_s"] is not None) == row["compile"] == row["id"].startswith("compile")
     assert {r["dtype"] for r in rows} == {"float16", "bfloat16"}
     lines = (out / "gpu-bench.jsonl").read_text().splitlines()
-    assert [json.loads(x)["id"] for x in lines] == [r["id"] for r in rows]
+    assert [json.loads(x)["id"] for x in lines] == [r["id"] for r in doc["rows"]]
     md = (out / "gpu-bench.md").read_text()
-    assert all(f"| {r['id']} |" in md for r in rows) and "What paid" in md and "Status: complete" in md
+    assert all(f"| {r['id']} |" in md for r in doc["rows"]) and "What paid" in md and "Status: complete" in md
+    assert "#### Training: one worker" in md and "forward and backward counted" in md
 
 
 def test_harmony_bench_model_section_runs_without_ray(tmp_path):
