@@ -25,5 +25,5 @@ def is_embedded(model: str | None) -> bool:
 def model_label(engine: str, model: str | None) -> str:
     """What the start banners say runs."""
     if engine == "baseline":
-        return "baseline engine (Lab colour-statistics transfer)"
-    return f"DiffHarmony, {EMBEDDED_MODEL_NAME} ({EMBEDDED_MODEL_DIR})" if is_embedded(model) else f"DiffHarmony, {model}"
+        return "engine baseline (Lab colour-statistics transfer)"
+    return f"engine diffharmony, {EMBEDDED_MODEL_NAME} ({EMBEDDED_MODEL_DIR})" if is_embedded(model) else f"engine diffharmony, {model}"

@@ -101,7 +101,8 @@ def render_card(card: dict) -> str:
         f"- Commit: `{card['commit']}`; machine: {card['machine']}",
         f"- Inference: stage 1 at the {card['class_sizes'][0]} / {card['class_sizes'][1]} px classes "
         "(model_index.json `harmony.class_sizes`), the refiner at the region's size",
-        f"- Training wall time: {card['train_seconds'] / 60:.1f} min in all",
+        f"- Training: {sum(card.get('step_seconds', {}).values()) / 60:.1f} min of optimisation steps in all "
+        f"({card['train_seconds'] / 60:.1f} min wall in the last invocation of each training step)",
         "",
         "## Data",
         "",
@@ -112,14 +113,18 @@ def render_card(card: dict) -> str:
         "",
         "## Steps",
         "",
-        "| step | task | steps | final loss | seconds | validation fMSE / PSNR |",
-        "|---|---|---|---|---|---|",
+        "| step | task | steps | final loss | optimisation seconds (all runs) | wall seconds (last run) | validation fMSE / PSNR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in train:
         r = s["result"]
         v = r.get("validation") or {}
         val = f"{v.get('fmse', float('nan')):.1f} / {v.get('psnr', float('nan')):.2f}" if v else "-"
-        lines.append(f"| {name} | {r['task']} | {r['steps']} | {r['final_loss']:.4f} | {s['seconds']:.0f} | {val} |")
+        opt = card.get("step_seconds", {}).get(name)
+        opt = f"{opt:.0f}" if opt is not None else "-"
+        lines.append(f"| {name} | {r['task']} | {r['steps']} | {r['final_loss']:.4f} | {opt} | {s['seconds']:.0f} | {val} |")
+    lines += ["", "Optimisation seconds: the sum of every recorded step's time (metrics/train.parquet), across "
+              "resumed runs; wall seconds: the last invocation of the step (start-up, data, validation included)."]
     lines += ["", "## Quality on held-out composites", "",
               f"`harmony harmonize` over {card['scores']['composite']['rows']} held-out composites "
               "(256 px, iHarmony4 protocol), each variant with the same seeds:", "", scores_table(card["scores"]), "",
@@ -157,7 +162,14 @@ def install_model(cfg: dict, log: dict, echo=print) -> dict:
                         "class_sizes": list(cfg["class_sizes"]), "recipe": log["recipe"], "commit": log["commit"]}
     index_path.write_text(json.dumps(index, indent=2))
     photos = next(s for s in log["steps"].values() if s["run"] == "photos")["config"]
-    card = dict(command=cfg.get("command", "make model"), recipe=log["recipe"], commit=log["commit"], machine=log["machine"],
+    step_seconds = {}
+    for name, st in log["steps"].items():
+        model = (st.get("result") or {}).get("model") if st["run"] == "train" else None
+        if model:
+            rows = Path(model).parent / "metrics" / "train.parquet"
+            if rows.exists():
+                step_seconds[name] = float(pd.read_parquet(rows)["seconds"].sum())
+    card = dict(command=cfg.get("command", "make model"), step_seconds=step_seconds, recipe=log["recipe"], commit=log["commit"], machine=log["machine"],
                 class_sizes=list(cfg["class_sizes"]), steps=log["steps"], scores=scores,
                 train_seconds=sum(s["seconds"] for s in log["steps"].values() if s["run"] == "train"),
                 photos=dict(train=photos["train"], holdout=photos["holdout"], crops=photos["crops"], side=photos["side"]),

@@ -20,7 +20,7 @@ def test_demo_data_has_every_foreground_bucket(tmp_path):
 
 
 def test_demo_through_embedded_s3(ray_local, tmp_path, capsys):
-    code = run_demo(output=str(tmp_path / "demo"), s3=True, images=3)
+    code = run_demo(output=str(tmp_path / "demo"), s3=True, images=3, engine="baseline")
     assert code == 0
     summary = json.loads((tmp_path / "demo" / "results-s3" / "summary.json").read_text())
     assert summary["counts"]["ok"] == 3
@@ -29,4 +29,19 @@ def test_demo_through_embedded_s3(ray_local, tmp_path, capsys):
     assert a["fmse"] < a["composite_fmse"]
     assert len(list((tmp_path / "demo" / "results-s3" / "images").iterdir())) == 3
     out = capsys.readouterr().out
-    assert "baseline engine" in out and "embedded S3 endpoint" in out
+    assert "engine baseline" in out and "embedded S3 endpoint" in out
+
+
+def test_demo_runs_the_embedded_diffharmony_model_by_default(ray_local, tmp_path, capsys):
+    from harmony_ops.defaults import EMBEDDED_MODEL_DIR
+
+    code = run_demo(output=str(tmp_path / "demo"), images=2)
+    assert code == 0
+    summary = json.loads((tmp_path / "demo" / "results" / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 2
+    assert summary["config"]["model"]["engine"] == "diffharmony"
+    assert summary["config"]["model"]["model"] == str(EMBEDDED_MODEL_DIR)
+    # the model's declared inference sizes were adopted (stage 1 at 64 / 128 px, not 512 / 1024)
+    assert list(summary["config"]["resolution"]["class_sizes"]) == [64, 128]
+    out = capsys.readouterr().out
+    assert "engine diffharmony, embedded demo model" in out

@@ -153,3 +153,16 @@ def test_s3_checkpoint_goes_through_the_node_cache(tiny_checkpoint, s3_bucket, t
         resolve_checkpoint(uri, storage_options=opts)
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve(f"{bucket}/models/nothing-here", opts)
+
+
+def test_a_checkpoint_declares_its_inference_class_sizes(tiny_checkpoint, tmp_path):
+    import json
+
+    assert resolve_checkpoint(str(tiny_checkpoint)).class_sizes is None  # SD's 512 / 1024 then
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    index = json.loads((ck / "model_index.json").read_text())
+    index["harmony"]["class_sizes"] = [64, 128]
+    (ck / "model_index.json").write_text(json.dumps(index))
+    assert resolve_checkpoint(str(ck)).class_sizes == (64, 128)
+    assert load_engine("diffharmony", model=str(ck), device="cpu").class_sizes == (64, 128)

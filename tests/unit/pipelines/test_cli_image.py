@@ -168,10 +168,11 @@ def test_baseline_engine_needs_no_model(inputs, tmp_path, capsys):
     assert gap_after < gap_before
 
 
-def test_no_model_defaults_to_baseline(inputs, tmp_path, capsys):
+def test_no_model_runs_the_embedded_model_and_says_so(inputs, tmp_path, capsys):
     out = tmp_path / "default.png"
-    assert main(["image", inputs["comp"], inputs["mask"], "-o", str(out)]) == 0
-    assert "engine baseline (no --model given)" in capsys.readouterr().err
+    assert main(["image", inputs["comp"], inputs["mask"], "-o", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "engine diffharmony, embedded demo model" in err
     assert_harmonized(inputs, out)
 
 
@@ -224,10 +225,16 @@ def test_invalid_flag_value_exits_2_naming_the_field(inputs, tmp_path, capsys):
     assert "resolution.mode" in capsys.readouterr().err
 
 
-def test_diffharmony_without_model_exits_2(inputs, tmp_path, capsys):
+def test_a_missing_embedded_model_exits_2_with_the_way_out(inputs, tmp_path, capsys, monkeypatch):
+    import harmony_ops.defaults as defaults
+    import pipelines.config as config
+
+    gone = tmp_path / "weights" / "demo"
+    monkeypatch.setattr(defaults, "EMBEDDED_MODEL_DIR", gone)
+    monkeypatch.setattr(config, "EMBEDDED_MODEL_DIR", gone)
     rc = main(["image", inputs["comp"], inputs["mask"], "-o", str(tmp_path / "o.png"), "--engine", "diffharmony"])
     assert rc == 2
-    assert "needs `model`" in capsys.readouterr().err
+    assert "the embedded model is missing" in capsys.readouterr().err
 
 
 # --- make-checkpoint --------------------------------------------------------------------------
