@@ -54,6 +54,7 @@ class BaselineEngine:
     name = "baseline"
     model_id = BASELINE_MODEL_ID
     needs_resize = False
+    class_sizes = None  # works at the image's own size
 
     def __init__(self, strength: float = 1.0):
         self.strength = strength
@@ -75,12 +76,15 @@ class DiffHarmonyEngine:
         model_id: str = "unknown",
         steps: int = 5,
         refine_max_pixels: int = DEFAULT_REFINE_MAX_PIXELS,
+        class_sizes: tuple[int, int] | None = None,
     ):
         self.sampler = sampler
         self.refiner = refiner
         self.model_id = model_id
         self.steps = steps
         self.refine_max_pixels = refine_max_pixels
+        # The inference class sizes the checkpoint declares it was trained for (None: SD's 512 / 1024).
+        self.class_sizes = class_sizes
 
     @property
     def device(self) -> torch.device:

@@ -72,9 +72,8 @@ def load_diffharmony(
     refiner_m = None
     if ckpt.refiner is not None:
         refiner_m = load_model(UNet2DCustom, ckpt.refiner, f"refiner ({refiner})", allow_pickle, dt).eval().to(dev)
-    engine = DiffHarmonyEngine(sampler, refiner_m, model_id=ckpt.model_id, steps=steps, refine_max_pixels=refine_max_pixels)
-    engine.class_sizes = ckpt.class_sizes  # what the model declares it was trained for (None: SD's 512 / 1024)
-    return engine
+    return DiffHarmonyEngine(sampler, refiner_m, model_id=ckpt.model_id, steps=steps, refine_max_pixels=refine_max_pixels,
+                             class_sizes=ckpt.class_sizes)
 
 
 def load_engine(engine: str, **kwargs):

@@ -21,12 +21,10 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "r
 
 def sample_photos(size: int | None = None):
     """(name, uint8 RGB) of scikit-image's bundled photographs, optionally resized to size x size."""
-    try:
-        import skimage.data as data
-    except ImportError:
-        raise SystemExit("this needs scikit-image for its sample photographs: pip install 'harmony[demo]'") from None
+    from pipelines.jobs.recipe.photos import load_photo
+
     for name in PHOTOS:
-        img = np.ascontiguousarray(getattr(data, name)()[..., :3]).astype(np.uint8)
+        img = load_photo(name)
         if size is not None:
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
         yield name, img

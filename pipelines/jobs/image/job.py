@@ -45,7 +45,7 @@ def run_image(cfg: ImageJobConfig) -> ImageResult:
     t0 = time.perf_counter()
     engine = load_engine(cfg.model.engine, **cfg.model.engine_kwargs(opts))
     seconds = {"load": time.perf_counter() - t0}
-    cfg.resolution.adopt_class_sizes(getattr(engine, "class_sizes", None))
+    cfg.resolution.adopt_class_sizes(engine.class_sizes)
     item = prepare(sample.composite, sample.mask, cfg.resolution.policy(), resize=engine.needs_resize)
     result = engine.run([item], [cfg.seed])
     seconds.update(result.seconds)

@@ -62,7 +62,7 @@ def code_commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
-def _run_step(kind: str, cfg: dict, work: Path, log: dict, echo) -> dict:
+def _run_step(kind: str, cfg: dict, log: dict, echo) -> dict:
     from pipelines.config import SynthesizeJobConfig, TrainJobConfig, build
 
     if kind == "photos":
@@ -126,7 +126,7 @@ def run_recipe(folder: str | Path, work: str | Path, restart: bool = False, only
         for key, cap in (caps or {}).items():
             if isinstance(cfg.get(key), int):
                 cfg[key] = min(cfg[key], cap)
-        out = _run_step(spec["run"], cfg, work, log, echo)
+        out = _run_step(spec["run"], cfg, log, echo)
         entry = {"run": spec["run"], "config": cfg, "result": out, "seconds": time.perf_counter() - t0}
         mark.write_text(json.dumps(entry, indent=2, default=str))
         log["steps"][name] = entry
