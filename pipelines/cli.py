@@ -235,10 +235,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
-    from pipelines.jobs.recipe.runner import run_recipe
+    from pipelines.jobs.recipe.runner import parse_caps, run_recipe
 
-    caps = dict(kv.split("=", 1) for kv in a.cap or [])
-    run_recipe(a.recipe, a.work, restart=a.restart, only=a.only, until=a.until, caps={k: int(v) for k, v in caps.items()})
+    run_recipe(a.recipe, a.work, restart=a.restart, only=a.only, until=a.until, caps=parse_caps(a.cap))
     return 0
 
 

@@ -10,6 +10,7 @@ its checkpoint, so nothing already computed is lost.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -31,6 +32,17 @@ def _subst(value: Any, work: str) -> Any:
     if isinstance(value, list):
         return [_subst(v, work) for v in value]
     return value
+
+
+def parse_caps(items: list[str] | None) -> dict[str, int]:
+    """`--cap KEY=N` flags as {KEY: N}."""
+    caps = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--cap takes KEY=N with an integer N (e.g. max_steps=5), got {item!r}")
+        caps[key] = int(value)
+    return caps
 
 
 def load_steps(folder: str | Path) -> list[tuple[str, dict]]:
@@ -109,7 +121,7 @@ def run_recipe(folder: str | Path, work: str | Path, restart: bool = False, only
     marks = work / "steps"
     marks.mkdir(parents=True, exist_ok=True)
     log: dict[str, Any] = {"recipe": str(folder), "work": str(work), "commit": code_commit(),
-                           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "steps": {}}
+                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "steps": {}}
     for name, spec in steps:
         mark = marks / f"{name}.json"
         if mark.exists() and not restart and only != name:

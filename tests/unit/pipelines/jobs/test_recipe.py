@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines.errors import JobError
 from pipelines.jobs.recipe.photos import check_split, random_crops, write_photo_sets
-from pipelines.jobs.recipe.runner import load_steps, run_recipe
+from pipelines.jobs.recipe.runner import load_steps, parse_caps, run_recipe
 
 
 def test_split_refuses_a_photo_or_a_view_of_the_same_scene_on_both_sides():
@@ -91,3 +91,15 @@ def test_the_demo_recipe_is_complete_and_ordered():
     assert tasks == ["vae", "stage1", "refiner"]  # the VAE defines stage 1's latents: it comes first
     photos = steps[0][1]["config"]
     check_split(photos["train"], photos["holdout"])
+
+
+def test_caps_are_key_equals_integer_and_a_bad_one_exits_2(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert parse_caps(["max_steps=5", "crops=2"]) == {"max_steps": 5, "crops": 2}
+    assert parse_caps(None) == {}
+    for bad in ("max_steps", "max_steps=five", "=3"):
+        with pytest.raises(ValueError, match="KEY=N"):
+            parse_caps([bad])
+    assert main(["recipe", str(tmp_path), "--cap", "max_steps"]) == 2
+    assert "KEY=N" in capsys.readouterr().err
