@@ -103,3 +103,40 @@ def test_caps_are_key_equals_integer_and_a_bad_one_exits_2(tmp_path, capsys):
             parse_caps([bad])
     assert main(["recipe", str(tmp_path), "--cap", "max_steps"]) == 2
     assert "KEY=N" in capsys.readouterr().err
+
+
+SCORES = {"composite": {"fmse": 1000.0, "mse": 250.0, "psnr": 26.0, "rows": 4},
+          "baseline": {"fmse": 300.0, "mse": 70.0, "psnr": 31.0, "rows": 4},
+          "stage1": {"fmse": 4000.0, "mse": 900.0, "psnr": 20.0, "rows": 4},
+          "stage1+refiner": {"fmse": 550.0, "mse": 120.0, "psnr": 28.0, "rows": 4}}
+
+
+def test_goals_compare_with_the_baseline_the_composite_and_stage1():
+    from pipelines.jobs.recipe.card import goals
+
+    met = {g: ok for g, ok, _ in goals(SCORES)}
+    assert met == {"fMSE below the baseline engine's": False, "fMSE at most 0.6x the composite's": True,
+                   "the refiner improves on stage 1 alone": True}
+    assert not goals({**SCORES, "stage1+refiner": {**SCORES["stage1+refiner"], "fmse": 700.0}})[1][1]
+
+
+def test_install_copies_weights_declares_sizes_and_writes_the_card(tiny_checkpoint, tmp_path):
+    from pipelines.jobs.recipe.card import install_model
+
+    log = {"recipe": "configs/recipes/demo", "commit": "x", "machine": "test",
+           "steps": {"01-photos": {"run": "photos", "seconds": 1.0,
+                                   "config": {"train": ["astronaut"], "holdout": ["chelsea"], "crops": 3, "side": 32}},
+                     "08-evaluate": {"run": "evaluate", "seconds": 2.0, "result": SCORES}}}
+    dest = tmp_path / "weights"
+    (dest / "stale").mkdir(parents=True)  # a previous install is replaced, not merged into
+    cfg = {"model": str(tiny_checkpoint), "dest": str(dest), "class_sizes": [64, 128], "evaluate_step": "08-evaluate",
+           "notes": ["a note"]}
+    install_model(cfg, log, echo=lambda *a: None)
+    assert not (dest / "stale").exists()
+    assert (dest / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    index = json.loads((dest / "model_index.json").read_text())["harmony"]
+    assert index["class_sizes"] == [64, 128] and index["random_weights"] is False
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "| stage1+refiner | 550.0 |" in card and "a note" in card and "chelsea" in card
+    with pytest.raises(JobError, match="has not run"):
+        install_model({**cfg, "evaluate_step": "09-x"}, log)
