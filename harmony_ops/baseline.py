@@ -9,11 +9,18 @@ is the floor the diffusion model has to beat (and a fallback when it cannot run)
 from __future__ import annotations
 
 import math
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harmony_ops.color import lab_to_rgb_uint8, rgb_to_lab
 from harmony_ops.compositing import binarize_mask, dilate
+from harmony_ops.defaults import BASELINE_MODEL_ID
+from harmony_ops.engine_api import RunResult
+
+if TYPE_CHECKING:
+    from harmony_ops.regions import Prepared
 
 MIN_RING_WIDTH = 8
 RING_WIDTH_FRACTION = 0.1
@@ -94,3 +101,20 @@ def harmonize_baseline(
     blended = fg_lab + strength * (transferred - fg_lab)
     out[fg] = lab_to_rgb_uint8(blended)
     return out
+
+
+class BaselineEngine:
+    """`harmonize_baseline` behind the engine interface (engine_api.py); needs no torch."""
+
+    name = "baseline"
+    model_id = BASELINE_MODEL_ID
+    needs_resize = False
+    class_sizes = None  # works at the image's own size
+
+    def __init__(self, strength: float = 1.0):
+        self.strength = strength
+
+    def run(self, items: list[Prepared], seeds: list[int]) -> RunResult:
+        t = time.perf_counter()
+        out = [harmonize_baseline(it.region_image, it.region_mask, strength=self.strength) for it in items]
+        return RunResult(regions=out, seconds={"stage1": time.perf_counter() - t})

@@ -14,30 +14,17 @@ batch job do `prepare` and `finish` on CPU workers and only `run` on accelerator
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baseline import harmonize_baseline
-from .defaults import BASELINE_MODEL_ID, DEFAULT_REFINE_MAX_PIXELS
+from .baseline import BaselineEngine
+from .defaults import DEFAULT_REFINE_MAX_PIXELS
+from .engine_api import Engine, RunResult
 from .regions import Prepared
 
-
-@dataclass
-class RunResult:
-    regions: list[np.ndarray]  # uint8, one per input, at each region's size
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage, for the whole call
-
-
-class Engine(Protocol):
-    name: str
-    model_id: str
-    needs_resize: bool
-
-    def run(self, items: list[Prepared], seeds: list[int]) -> RunResult: ...
+__all__ = ["BaselineEngine", "DiffHarmonyEngine", "Engine", "RunResult", "refine_region", "to_tensor", "to_uint8"]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -48,21 +35,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x H x W float32 in [-1, 1]."""
     return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-
-
-class BaselineEngine:
-    name = "baseline"
-    model_id = BASELINE_MODEL_ID
-    needs_resize = False
-    class_sizes = None  # works at the image's own size
-
-    def __init__(self, strength: float = 1.0):
-        self.strength = strength
-
-    def run(self, items: list[Prepared], seeds: list[int]) -> RunResult:
-        t = time.perf_counter()
-        out = [harmonize_baseline(it.region_image, it.region_mask, strength=self.strength) for it in items]
-        return RunResult(regions=out, seconds={"stage1": time.perf_counter() - t})
 
 
 class DiffHarmonyEngine:

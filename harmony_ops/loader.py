@@ -1,25 +1,36 @@
 """Build engines from checkpoint URIs. Device and precision are chosen here, when a model is
-loaded (once per worker), never at import time."""
+loaded (once per worker), never at import time.
+
+torch and diffusers are imported when a model is loaded, not with this module: importing them costs a
+fresh Ray worker ~10 s of CPU (diffusers pulls in transformers, scipy and torch._dynamo), which a
+baseline-engine actor never needs.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from .baseline import BaselineEngine
+from .defaults import DEFAULT_REFINE_MAX_PIXELS, DEFAULT_SCHEDULER, DEFAULT_STEPS
 
-from .condition_vae import ConditionVAE
-from .checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
-from .defaults import DEFAULT_REFINE_MAX_PIXELS
-from .engines import BaselineEngine, DiffHarmonyEngine
-from .refiner import UNet2DCustom
-from .sampler import DEFAULT_SCHEDULER, DEFAULT_STEPS, DiffHarmonySampler
+if TYPE_CHECKING:
+    import torch
+
+    from .engines import DiffHarmonyEngine
 
 log = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_dtypes() -> dict[str, torch.dtype]:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -29,12 +40,15 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     """fp16 on CUDA, fp32 on CPU (half precision on CPU is slow and inaccurate)."""
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    dtypes = torch_dtypes()
     try:
-        return DTYPES[dtype]
+        return dtypes[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}") from None
+        raise ValueError(f"dtype must be auto or one of {sorted(dtypes)}, got {dtype!r}") from None
 
 
 def load_diffharmony(
@@ -54,6 +68,14 @@ def load_diffharmony(
 ) -> DiffHarmonyEngine:
     """decoder: "auto" decodes with the Harmony-VAE (DiffHarmony++) when the checkpoint has
     `harmony_vae/` or `harmony_vae` names one, "vae" with the plain VAE, "harmony-vae" insists."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
+    from .condition_vae import ConditionVAE
+    from .engines import DiffHarmonyEngine
+    from .refiner import UNet2DCustom
+    from .sampler import DiffHarmonySampler
+
     ckpt = resolve_checkpoint(model, unet, vae, refiner, storage_options, allow_pickle, harmony_vae, decoder)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)

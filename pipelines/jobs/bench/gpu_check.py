@@ -340,7 +340,7 @@ def run_model_section(a: argparse.Namespace, rec: Recorder, plan: list[Config], 
     """The model grid; a row that would end past `budget_s` (seconds from `start`) is skipped."""
     import torch
 
-    from harmony_ops.loader import DTYPES
+    from harmony_ops.loader import torch_dtypes
 
     dev, peak, note, measured = info
     engine = build_engine(a.arch, str(dev), plan[0].dtype, a.steps)
@@ -364,7 +364,7 @@ def run_model_section(a: argparse.Namespace, rec: Recorder, plan: list[Config], 
             continue
         rec.running(cfg)
         try:
-            tuned.apply(cfg.options, DTYPES[cfg.dtype])
+            tuned.apply(cfg.options, torch_dtypes()[cfg.dtype])
             row = model_row(engine, a.arch, cfg.resolution, cfg.batch_size, a.repeats, a.steps, peak, cfg.options, note)
         except torch.cuda.OutOfMemoryError as exc:
             row = {**_header(cfg), "status": "oom", "reason": _first_line(exc)}

@@ -55,16 +55,16 @@ def assert_harmonized(inputs, out: Path) -> np.ndarray:
 
 def spy_loaded_models(mp: pytest.MonkeyPatch) -> list[str]:
     """Record the labels of the models the engine loader loads (unet, vae, refiner ...)."""
-    import harmony_ops.loader as loader
+    import harmony_ops.checkpoints as checkpoints  # the loader imports load_model from there when it loads
 
     labels: list[str] = []
-    real = loader.load_model
+    real = checkpoints.load_model
 
     def spy(cls, model_dir, label, *a, **kw):
         labels.append(label)
         return real(cls, model_dir, label, *a, **kw)
 
-    mp.setattr(loader, "load_model", spy)
+    mp.setattr(checkpoints, "load_model", spy)
     return labels
 
 

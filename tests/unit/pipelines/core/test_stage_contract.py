@@ -125,3 +125,15 @@ def test_cell_reads_every_null_as_none():
     row = pd.Series({"a": pd.NA, "b": float("nan"), "c": None, "d": b"bytes", "e": "uri", "f": 0})
     assert [cell(row, k) for k in "abc"] == [None, None, None]
     assert (cell(row, "d"), cell(row, "e"), cell(row, "f")) == (b"bytes", "uri", 0)
+
+
+def test_baseline_model_actor_never_imports_torch():
+    # A fresh Ray worker pays ~10 s of CPU to import torch and diffusers; a baseline actor needs neither.
+    code = ("import sys\n"
+            "from pipelines.config import ModelConfig, PoolConfig\n"
+            "from pipelines.jobs.harmonize.model import _peak_memory_mib, load_actor_engine\n"
+            "engine = load_actor_engine(ModelConfig(engine='baseline'), PoolConfig(num_cpus=0.5), None)\n"
+            "host, device = _peak_memory_mib()\n"
+            "print(engine.name, device, [m for m in ('torch', 'diffusers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "baseline None []", out.stderr
