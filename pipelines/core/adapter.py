@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from pipelines.core.crashes import CrashLedger, maybe_crash_for_test, row_ids
+from pipelines.core.crashes import CrashLedger, row_ids
 from pipelines.core.stage import Stage
+from pipelines.core.test_hooks import maybe_crash_for_test, maybe_slow_for_test
 from pipelines.errors import StageContractError
 
 
@@ -65,6 +66,7 @@ class _Bound:
         return out
 
     def run(self, batch: pd.DataFrame):
+        maybe_slow_for_test(self.stage.name, batch)
         out = self._guarded(batch) if self.ledger is not None else self.stage.run(batch)
         drop = [c for c in self.drop if c in out.columns]
         if self.last:

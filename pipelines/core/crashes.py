@@ -20,12 +20,6 @@ import pandas as pd
 
 from pipelines.io.storage import filesystem, join, write_bytes_atomic
 
-# Test-only: "STAGE:ROW_ID" makes that stage's worker exit abruptly when a batch holds that row id,
-# as a native crash would (read by the worker at call time; Ray workers inherit the driver's
-# environment when a local instance starts).
-TEST_CRASH_ENV = "HARMONY_TEST_CRASH"
-
-
 @dataclass(frozen=True)
 class CrashLedger:
     uri: str  # a folder under the run's journal, reachable from every worker
@@ -59,11 +53,3 @@ class CrashLedger:
 def row_ids(batch: pd.DataFrame) -> list[str]:
     col = "row" if "row" in batch.columns else "id"
     return [str(v) for v in batch[col].tolist()]
-
-
-def maybe_crash_for_test(stage_name: str, batch: pd.DataFrame) -> None:
-    target = os.environ.get(TEST_CRASH_ENV)
-    if target and "id" in batch.columns:
-        stage, _, row_id = target.partition(":")
-        if stage == stage_name and row_id in set(batch["id"].astype(str)):
-            os._exit(86)

@@ -18,8 +18,8 @@ from tests.pipeline.jobs.test_harmonize import quiet
 pytestmark = pytest.mark.pipeline
 
 
-def test_driver_killed_midway_then_rerun_completes(ray_local, tmp_path, tiny_checkpoint):
-    proc, out, manifest = slow_job(tmp_path, tiny_checkpoint)
+def test_driver_killed_midway_then_rerun_completes(ray_local, tmp_path):
+    proc, out, manifest = slow_job(tmp_path)
     journal = out / "_journal"
     deadline = time.time() + 120
     try:

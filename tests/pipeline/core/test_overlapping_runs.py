@@ -107,8 +107,8 @@ def wait_until(cond, proc, what: str, seconds: float = 180) -> None:
         time.sleep(0.1)
 
 
-def test_overlapping_runs_the_second_is_refused_and_the_first_completes(tmp_path, tiny_checkpoint, capsys, forbid_ray_start):
-    proc, out, manifest = slow_job(tmp_path, tiny_checkpoint)
+def test_overlapping_runs_the_second_is_refused_and_the_first_completes(tmp_path, capsys, forbid_ray_start):
+    proc, out, manifest = slow_job(tmp_path)
     try:
         wait_until(lambda: (h := read_holder(str(out))) is not None and h.pid == proc.pid, proc, "its lease appeared")
         first = read_holder(str(out))
@@ -129,8 +129,8 @@ def test_overlapping_runs_the_second_is_refused_and_the_first_completes(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["images", "metrics", "report.html", "summary.json"]  # no journal, no lease
 
 
-def test_a_run_whose_lease_is_taken_over_stops_without_consolidating(tmp_path, tiny_checkpoint):
-    proc, out, manifest = slow_job(tmp_path, tiny_checkpoint, lease_ttl_seconds=3)  # heartbeat every second
+def test_a_run_whose_lease_is_taken_over_stops_without_consolidating(tmp_path):
+    proc, out, manifest = slow_job(tmp_path, lease_ttl_seconds=3)  # heartbeat every second
     journal = out / "_journal"
     try:
         wait_until(lambda: journal.exists() and any(journal.rglob("*.parquet")), proc, "it journaled a block")

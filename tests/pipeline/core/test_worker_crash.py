@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.core.crashes import TEST_CRASH_ENV
+from pipelines.core.test_hooks import TEST_CRASH_ENV
 from tests.pipeline.jobs.test_harmonize import local_dataset
 
 pytestmark = pytest.mark.pipeline

@@ -137,3 +137,17 @@ def test_baseline_model_actor_never_imports_torch():
             "print(engine.name, device, [m for m in ('torch', 'diffusers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "baseline None []", out.stderr
+
+
+def test_the_slow_stage_hook_holds_back_only_its_stage(monkeypatch):
+    import time
+
+    from pipelines.core.test_hooks import TEST_SLOW_ENV
+
+    monkeypatch.setenv(TEST_SLOW_ENV, "double:0.1")
+    t = time.perf_counter()
+    out = run_batch([Add(), Double()], rows(3), start=0, stop=1)  # "add" only
+    assert time.perf_counter() - t < 0.1
+    t = time.perf_counter()
+    out = run_batch([Add(), Double()], out, start=1)
+    assert time.perf_counter() - t >= 0.3 and out["z"].tolist() == [2, 4, 6]
