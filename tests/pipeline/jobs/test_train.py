@@ -65,25 +65,6 @@ def _unet_changed(model: Path, init: Path, part: str = "unet") -> bool:
     return any(not np.allclose(new[k].numpy(), old[k].numpy()) for k in old)
 
 
-def test_refiner_survives_a_dead_worker(ray_local, train_data, tiny_checkpoint, tmp_path, monkeypatch):
-    """A worker raises once at step 3 (test hook): the run restarts from the step-2 checkpoint and
-    ends at step 4 with every step recorded once."""
-    from pipelines.jobs.train import loop
-    from pipelines.jobs.train.driver import run_train
-
-    marker = tmp_path / "failed-once"
-    monkeypatch.setenv(loop.FAIL_AT_ENV, "3")
-    monkeypatch.setenv(loop.FAIL_MARKER_ENV, str(marker))
-    out = tmp_path / "out"
-    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, out, max_steps=4, ema=False), echo=quiet)
-    assert marker.exists(), "the test hook did not fire"
-    assert res.summary["steps"] == 4
-    assert pd.read_parquet(out / "metrics" / "train.parquet")["step"].tolist() == [1, 2, 3, 4]
-    assert _unet_changed(out / "model", tiny_checkpoint, "refiner")
-    assert not _unet_changed(out / "model", tiny_checkpoint, "unet")
-    _image_runs(out / "model", train_data, tmp_path)
-
-
 @pytest.mark.parametrize("task,part", [("inverse", "unet"), ("harmony-vae", "harmony_vae")])
 def test_inverse_and_harmony_vae_train_via_cli(ray_local, train_data, tiny_checkpoint, tmp_path, task, part):
     # One worker: two (DDP over gloo) are trained by the stage1 and refiner tests; a worker fewer is
@@ -189,15 +170,20 @@ def test_stage1_resumes_after_a_killed_driver_continues_with_more_steps_and_expo
     _image_runs(model, train_data, tmp_path)
 
 
-def test_refiner_stage1_cache_is_built_once_then_reused(ray_local, train_data, tiny_checkpoint, tmp_path):
-    """--stage1-cache: the first refiner run samples stage 1 once over --data into the cache; a second
-    run reads it back (no sampler: the cache's files are not rewritten); both train and export."""
+def test_refiner_stage1_cache_is_built_once_then_reused_by_a_run_that_survives_a_dead_worker(
+        ray_local, train_data, tiny_checkpoint, tmp_path, monkeypatch):
+    """--stage1-cache: the first refiner run (one worker) samples stage 1 once over --data into the cache.
+    A second run (two workers) reads it back (no sampler: the cache's files are not rewritten), and one
+    of its workers raises once at step 3 (test hook): it restarts from the step-2 checkpoint and ends
+    at step 4 with every step recorded once. Both train and export."""
+    from pipelines.jobs.train import loop
     from pipelines.jobs.train.cache import MANIFEST, META
     from pipelines.jobs.train.driver import run_train
 
     cache = tmp_path / "cache"
-    kw = dict(ema=False, stage1_cache=str(cache), random_crop=True, workers=1, cpus_per_worker=1)
-    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, tmp_path / "a", **kw), echo=quiet)
+    kw = dict(ema=False, stage1_cache=str(cache), random_crop=True)
+    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, tmp_path / "a", workers=1, cpus_per_worker=1, **kw),
+                    echo=quiet)
     assert res.summary["stage1_cache"] == dict(uri=str(cache), reused=False, rows=6)
     manifest = pd.read_parquet(cache / MANIFEST)
     assert {"composite", "mask", "real", "harmonized"} <= set(manifest.columns)
@@ -208,13 +194,20 @@ def test_refiner_stage1_cache_is_built_once_then_reused(ray_local, train_data, t
     # The corrupt row failed in the cache build: it is counted as skipped, not trained on.
     assert res.summary["rows_skipped"] == 1
 
-    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, tmp_path / "b", **kw), echo=quiet)
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(loop.FAIL_AT_ENV, "3")
+    monkeypatch.setenv(loop.FAIL_MARKER_ENV, str(marker))
+    out = tmp_path / "b"
+    res = run_train(_cfg("refiner", train_data, tiny_checkpoint, out, max_steps=4, **kw), echo=quiet)
+    assert marker.exists(), "the test hook did not fire"
     assert res.summary["stage1_cache"]["reused"] is True
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    train = pd.read_parquet(tmp_path / "b" / "metrics" / "train.parquet")
-    assert train["step"].tolist() == [1, 2] and np.isfinite(train["loss"]).all()
-    assert _unet_changed(tmp_path / "b" / "model", tiny_checkpoint, "refiner")
-    _image_runs(tmp_path / "b" / "model", train_data, tmp_path)
+    assert res.summary["steps"] == 4
+    train = pd.read_parquet(out / "metrics" / "train.parquet")
+    assert train["step"].tolist() == [1, 2, 3, 4] and np.isfinite(train["loss"]).all()
+    assert _unet_changed(out / "model", tiny_checkpoint, "refiner")
+    assert not _unet_changed(out / "model", tiny_checkpoint, "unet")
+    _image_runs(out / "model", train_data, tmp_path)
 
 
 def test_cached_augmentation_crops_all_four_alike():
