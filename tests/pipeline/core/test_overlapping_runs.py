@@ -81,8 +81,9 @@ def test_a_second_run_is_refused_naming_the_first_and_writes_nothing(job, where,
 def test_force_takes_the_prefix_over_and_the_holder_notices(where, ray_local, capsys):
     data, output, opts, flags = where
     noticed = threading.Event()
-    # ttl 9 s: beats every 3 s, and a starved heartbeat thread still does not let it expire
-    first = acquire(output, opts, command="harmony harmonize", ttl=9, on_lost=noticed.set)
+    # ttl 3 s: beats every second, so it notices the takeover while the forced run (a baseline job of
+    # ~2 s) still holds the prefix; once that run has ended and released it, who took it is unknown.
+    first = acquire(output, opts, command="harmony harmonize", ttl=3, on_lost=noticed.set)
     try:
         rc = main(["harmonize", *JOBS["harmonize"](data), "--output", output, *flags, "--force"])
         err = capsys.readouterr().err
