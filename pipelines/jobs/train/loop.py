@@ -9,6 +9,7 @@ redone from the last checkpoint and no step is ever recorded twice.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -91,9 +92,41 @@ def _validate(cfg, sampler, refiner, val, step, device):
     return row, pred
 
 
+class FirstBatchAhead:
+    """Iterates `batches`, having fetched the first one on a thread, started at construction.
+
+    Ray Data starts a shard's streaming execution on the first batch asked for: its coordinator
+    actor, the decode tasks' workers and their first blocks take seconds to come, the same seconds
+    this worker spends importing diffusers and building its models."""
+
+    def __init__(self, batches):
+        self._batches, self._first, self._error = iter(batches), [], None
+        self._thread = threading.Thread(target=self._fetch, name="first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._batches))
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised where the batches are consumed
+            self._error = exc
+
+    def __iter__(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._batches
+
+
 def train_loop(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
+
+    shard = ray.train.get_dataset_shard("train")
+    epoch = FirstBatchAhead(shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"))
+
     import torch.distributed as dist
     from diffusers.training_utils import EMAModel
 
@@ -142,7 +175,6 @@ def train_loop(cfg: dict) -> None:
     scheduler = noise_scheduler(sched_cfg)
     sampler = DiffHarmonySampler(unet, vae, sched_cfg, null, "euler_a", harmony_vae=cvae)
     gen = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank * 7919 + step)
-    shard = ray.train.get_dataset_shard("train")
     val = ray.get(cfg["validate_ref"]) if cfg.get("validate_ref") is not None else None
     fail_at, marker = int(cfg.get("fail_at") or 0), cfg.get("fail_marker")
     side, t_start, first_step = cfg["resolution"], time.perf_counter(), step
@@ -178,7 +210,7 @@ def train_loop(cfg: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     while step < cfg["max_steps"]:
-        for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
+        for batch in epoch:
             bad = batch[batch["status"] != "ok"]
             for r in bad.itertuples():
                 skipped.setdefault(r.id, {"id": r.id, "error_type": r.error_type, "error_message": r.error_message})
@@ -252,6 +284,7 @@ def train_loop(cfg: dict) -> None:
                 save(step)
             if last:
                 break
+        epoch = shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas")
     if step == first_step and rank == 0 and ckpt is None:
         raise RuntimeError("no training step ran: the manifest has no usable row")
 
