@@ -125,7 +125,11 @@ def train_loop(cfg: dict) -> None:
     import ray.train.torch
 
     shard = ray.train.get_dataset_shard("train")
-    epoch = FirstBatchAhead(shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"))
+
+    def epoch_batches():
+        return shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas")
+
+    epoch = FirstBatchAhead(epoch_batches())
 
     import torch.distributed as dist
     from diffusers.training_utils import EMAModel
@@ -284,7 +288,7 @@ def train_loop(cfg: dict) -> None:
                 save(step)
             if last:
                 break
-        epoch = shard.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas")
+        epoch = epoch_batches()
     if step == first_step and rank == 0 and ckpt is None:
         raise RuntimeError("no training step ran: the manifest has no usable row")
 
