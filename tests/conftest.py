@@ -23,6 +23,13 @@ os.environ.update(FAKE_AWS)
 # instance starts: its raylet and workers inherit the environment, as do `harmony train` subprocesses.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray keeps as many idle workers as the node has CPUs (2 here) and kills the others after 1 s idle,
+# so every test's tasks and actors started fresh Python processes that import torch and diffusers
+# again (~2-8 s of CPU each, the suite's largest cost). One test session is one Ray job: keeping up to
+# 8 idle workers for 10 minutes lets later tests reuse them (tests/pipeline/jobs/test_harmonize.py and
+# test_evaluate.py: 135 s -> 86 s). Raylet settings, read from the environment when Ray starts.
+os.environ.setdefault("RAY_num_workers_soft_limit", "8")
+os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
 
 
 def pytest_collection_modifyitems(config, items):
