@@ -112,6 +112,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
         reasons = pd.concat([invalid["error_type"], skipped["error_type"]]).value_counts().to_dict()
         summary = dict(
             command="harmony train", task=cfg.task, steps=int(train["step"].max()), max_steps=cfg.max_steps,
+            resumed_from_step=int((result.metrics or {}).get("resumed_from", 0)),
             final_loss=float(train["loss"].iloc[-1]), rows=len(rows), rows_skipped=int(len(invalid) + len(skipped)),
             skipped_reasons={str(k): int(v) for k, v in reasons.items()}, validation_rows_skipped=val_skipped,
             validation=valid.iloc[-1].to_dict() if len(valid) else None, model=model_uri, stage1_cache=cache,

@@ -184,7 +184,8 @@ def train_loop(cfg: dict) -> None:
     side, t_start, first_step = cfg["resolution"], time.perf_counter(), step
 
     def save(step):
-        metrics = {"step": step, "loss": rows[-1]["loss"] if rows else float("nan")}
+        # resumed_from: the step this attempt restored (0 from --init), for summary.json
+        metrics = {"step": step, "loss": rows[-1]["loss"] if rows else float("nan"), "resumed_from": first_step}
         if world > 1:  # each rank saw other rows: the checkpoint holds every rank's skipped rows
             seen = [None] * world
             dist.all_gather_object(seen, skipped)
