@@ -485,7 +485,7 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
     rows = []
     flop_cache: dict[tuple[int, int], float] = {}
     plans = {mode: [prepare(s.composite, s.mask, ResolutionPolicy(mode=mode)) for s in samples] for mode in ("1024", "512", "auto")}
-    # One warm-up for all modes, on the smallest region (a 1536 px one costs ~10 s on this CPU and warms nothing more).
+    # One warm-up for all modes, on the smallest region (a full 1536 px one costs ~10 s on this CPU and warms nothing more).
     engine.run([min((it for its in plans.values() for it in its), key=lambda it: it.plan.width * it.plan.height)], [0])
     sync()
     for mode, items in plans.items():
@@ -500,7 +500,7 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
             engine.run([it], [k])
         sync()
         sec = time.perf_counter() - t
-        rows.append({"mode": mode, "images": n, "images_per_s": n / sec, "stage1_tflop_total": total_flops / 1e12,
+        rows.append({"mode": mode, "images": n, "photo_size": samples[0].composite.shape[0], "images_per_s": n / sec, "stage1_tflop_total": total_flops / 1e12,
                      "sizes": sorted({it.plan.bucket for it in items}), "crops": sum(it.plan.crop is not None for it in items)})
         print(f"  adaptive {mode}: {n / sec:.3f} img/s, {total_flops / 1e12:.3f} TFLOP", file=sys.stderr)
     full = rows[0]["stage1_tflop_total"]
@@ -512,9 +512,10 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
               sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions(),
-              cpu_megapixels=(1, 4, 12), job_rows: int = 1200) -> dict:
+              cpu_megapixels=(1, 4, 12), job_rows: int = 1200, adaptive_size: int = 1024) -> dict:
     """`options` apply to the model section only: the other sections run the engine as the product does.
-    `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`)."""
+    `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`).
+    `adaptive_size`: side of the adaptive section's square photos."""
     for name in sections:
         if name in SECTIONS_NOT_YET:
             raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
@@ -527,7 +528,7 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
     results: dict[str, Any] = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if any(name in SECTIONS for name in sections):
         _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, device, images, repeats, steps, dtype,
-                            sections, options)
+                            sections, options, adaptive_size)
     else:
         results["machine"] = cpu_machine()
     if CPU_SECTION in sections:
@@ -565,7 +566,7 @@ def cpu_machine() -> dict[str, Any]:
 
 
 def _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, device, images, repeats, steps, dtype,
-                        sections, options) -> None:
+                        sections, options, adaptive_size: int = 1024) -> None:
     from harmony_ops.factory import write_checkpoint
     from harmony_ops.loader import pick_device
 
@@ -613,8 +614,9 @@ def _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, d
               f"({p['bare_loop_images_per_s']:.3f}); streaming {marginal:.3f} img/s = {p['streaming_efficiency_vs_bare']:.0%}; "
               f"reference-shaped loop {p['reference_loop_images_per_s']:.3f}", file=sys.stderr)
     if "adaptive" in sections:
-        # One image per foreground bucket and a tiny one: 1536 px photos, where the modes differ most.
-        mixed = make_images(work / "mixed", 4, 1536, fg_ratios=(0.01, 0.03, 0.1, 0.4)).parent
+        # One image per foreground bucket and a tiny one. 1024 px photos by default: at 1536 px the tiny
+        # refiner over the full frame (10 of the 12 runs) took 49 of the section's 74 s on this CPU.
+        mixed = make_images(work / "mixed", 4, adaptive_size, fg_ratios=(0.01, 0.03, 0.1, 0.4)).parent
         results["adaptive"] = bench_adaptive(engine, mixed, 4, arch, steps)
     if "scaling" in sections:
         scaling = []
@@ -672,7 +674,8 @@ def to_markdown(r: dict) -> str:
                   f"{'-' if p.get('streaming_efficiency_vs_bare') is None else format(p['streaming_efficiency_vs_bare'], '.0%')} | "
                   f"{_f(p.get('pipeline_fixed_seconds'), 1)} | {_f(p['reference_loop_images_per_s'])} | {p['speedup_vs_reference']:.2f}x |", ""]
     if "adaptive" in r:
-        lines += ["Adaptive resolution (mixed foreground sizes, 1536 px photos)", "",
+        size = r["adaptive"][0].get("photo_size", 1536) if r["adaptive"] else "-"
+        lines += [f"Adaptive resolution (mixed foreground sizes, {size} px photos)", "",
                   "| mode | img/s | stage-1 TFLOP | compute saved vs 1024 | crops | inference sizes |", "|---|---|---|---|---|---|"]
         for x in r["adaptive"]:
             lines.append(f"| {x['mode']} | {_f(x['images_per_s'])} | {_f(x['stage1_tflop_total'])} | {x['compute_saved_vs_1024']:.0%} | "

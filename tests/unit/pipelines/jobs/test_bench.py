@@ -89,12 +89,12 @@ def test_markdown_has_every_section():
          "pipeline": {"images": 8, "resolution": 512, "batch_size": 2, "bare_loop_images_per_s": 1.0, "pipeline_streaming_images_per_s": 0.95, "streaming_efficiency_vs_bare": 0.95, "pipeline_fixed_seconds": 2.0,
                       "pipeline_images_per_s": 0.9, "efficiency_vs_bare": 0.9, "reference_loop_images_per_s": 0.5,
                       "speedup_vs_reference": 1.8},
-         "adaptive": [{"mode": m, "images_per_s": 1.0, "stage1_tflop_total": 1.0, "compute_saved_vs_1024": 0.0,
+         "adaptive": [{"mode": m, "photo_size": 1024, "images_per_s": 1.0, "stage1_tflop_total": 1.0, "compute_saved_vs_1024": 0.0,
                        "crops": 0, "sizes": ["512x512"]} for m in ("1024", "512", "auto")],
          "scaling": [{"model_actors": 1, "images_per_s": 1.0, "peak_host_mib_per_actor": 900.0,
                       "peak_device_mib_per_actor": None}]}
     md = to_markdown(r)
-    for needle in ("Model throughput", "Pipeline efficiency", "90%", "Adaptive resolution", "Scaling", "50.0%"):
+    for needle in ("Model throughput", "Pipeline efficiency", "90%", "1024 px photos", "Scaling", "50.0%"):
         assert needle in md
 
 
@@ -175,3 +175,14 @@ def test_train_section_measures_both_tasks(tmp_path):
     assert [x["task"] for x in r["train"]] == ["stage1", "refiner"]
     assert all(x["samples_per_s_per_worker"] > 0 for x in r["train"])
     assert "samples/s per worker" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_flags_reach_run_bench(monkeypatch):
+    from pipelines.cli import main
+    from pipelines.jobs.bench import bench
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw))
+    assert main(["bench", "--sections", "adaptive", "--adaptive-photo-size", "1536", "--job-rows", "64"]) == 0
+    assert seen["adaptive_size"] == 1536 and seen["job_rows"] == 64 and seen["sections"] == ("adaptive",)
+    assert main(["bench"]) == 0 and seen["adaptive_size"] == 1024  # the default that keeps `harmony bench` short
