@@ -210,7 +210,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
               images=a.images, out=a.out, repeats=a.repeats, steps=a.steps, dtype=a.dtype,
               sections=tuple(a.sections.split(",")), argv=sys.argv[2:], options=options,
               cpu_megapixels=tuple(float(x) if "." in x else int(x) for x in a.cpu_megapixels.split(",")),
-              job_rows=a.job_rows, adaptive_size=a.adaptive_photo_size)
+              job_rows=a.job_rows, **({"adaptive_size": a.adaptive_photo_size} if a.adaptive_photo_size else {}))
     return 0
 
 
@@ -399,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the largest --batch-size) runs on request only")
     s.add_argument("--job-rows", type=int, default=1200, help="rows of 256x256 composites for the job section")
     s.add_argument("--cpu-megapixels", default="1,4,12", help="image sizes of the cpu section, in megapixels")
-    s.add_argument("--adaptive-photo-size", type=int, default=1024,
-                   help="side of the adaptive section's four square photos (1536: where the modes differ most, slower)")
+    s.add_argument("--adaptive-photo-size", type=int,
+                   help="side of the adaptive section's four square photos (default 1024; 1536: where the modes "
+                   "differ most, slower)")
     g = s.add_argument_group("model section", "how the model section runs the models (the other sections run them as harmonize does)")
     g.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=True,
                    help="attention through scaled_dot_product_attention (default) or diffusers' classic processor")

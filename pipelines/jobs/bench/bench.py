@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 SECTIONS = ("model", "pipeline", "adaptive", "scaling")
+# The adaptive section's photo side. At 1536 px the modes differ most, but on CPU the tiny refiner
+# over the full frame (10 of its 12 runs) took 49 of the section's 74 s; 1024 keeps `harmony bench` short.
+ADAPTIVE_PHOTO_SIZE = 1024
 CPU_SECTION = "cpu"  # runs on request only, without a model, torch or Ray
 JOB_SECTION = "job"  # on request: the baseline job against a single-process loop (about 2 minutes)
 TRAIN_SECTION = "train"  # on request only (keeps the default run short): training samples/s per worker
@@ -512,7 +515,7 @@ def bench_adaptive(engine, folder: Path, n: int, arch: str, steps: int) -> list[
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
               sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions(),
-              cpu_megapixels=(1, 4, 12), job_rows: int = 1200, adaptive_size: int = 1024) -> dict:
+              cpu_megapixels=(1, 4, 12), job_rows: int = 1200, adaptive_size: int = ADAPTIVE_PHOTO_SIZE) -> dict:
     """`options` apply to the model section only: the other sections run the engine as the product does.
     `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`).
     `adaptive_size`: side of the adaptive section's square photos."""
@@ -566,7 +569,7 @@ def cpu_machine() -> dict[str, Any]:
 
 
 def _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, device, images, repeats, steps, dtype,
-                        sections, options, adaptive_size: int = 1024) -> None:
+                        sections, options, adaptive_size: int) -> None:
     from harmony_ops.factory import write_checkpoint
     from harmony_ops.loader import pick_device
 
@@ -614,8 +617,7 @@ def _run_model_sections(results, work, outdir, arch, resolutions, batch_sizes, d
               f"({p['bare_loop_images_per_s']:.3f}); streaming {marginal:.3f} img/s = {p['streaming_efficiency_vs_bare']:.0%}; "
               f"reference-shaped loop {p['reference_loop_images_per_s']:.3f}", file=sys.stderr)
     if "adaptive" in sections:
-        # One image per foreground bucket and a tiny one. 1024 px photos by default: at 1536 px the tiny
-        # refiner over the full frame (10 of the 12 runs) took 49 of the section's 74 s on this CPU.
+        # One image per foreground bucket and a tiny one.
         mixed = make_images(work / "mixed", 4, adaptive_size, fg_ratios=(0.01, 0.03, 0.1, 0.4)).parent
         results["adaptive"] = bench_adaptive(engine, mixed, 4, arch, steps)
     if "scaling" in sections:
