@@ -67,13 +67,12 @@ def _unet_changed(model: Path, init: Path, part: str = "unet") -> bool:
 
 @pytest.mark.parametrize("task,part", [("inverse", "unet"), ("harmony-vae", "harmony_vae")])
 def test_inverse_and_harmony_vae_train_via_cli(ray_local, train_data, tiny_checkpoint, tmp_path, task, part):
-    # One worker: two (DDP over gloo) are trained by the stage1 and refiner tests; a worker fewer is
-    # a process fewer to start.
+    # Two workers (DDP over gloo), as every task trains on a cluster.
     from pipelines.cli import main
 
     out = tmp_path / "out"
     assert main(["train", "--task", task, "--data", str(train_data / "train.parquet"), "--init", str(tiny_checkpoint),
-                 "--output", str(out), "--workers", "1", "--cpus-per-worker", "1", "--batch-size", "2",
+                 "--output", str(out), "--workers", "2", "--cpus-per-worker", "0.5", "--batch-size", "2",
                  "--resolution", str(SIDE), "--max-steps", "1", "--checkpoint-every", "1", "--no-ema"]) == 0
     assert json.loads((out / "summary.json").read_text())["task"] == task
     model = out / "model"
