@@ -219,7 +219,7 @@ def _train_flags(a: argparse.Namespace) -> dict:
 
     names = ("task", "data", "init", "output", "workers", "gpus_per_worker", "cpus_per_worker", "max_steps", "batch_size",
              "lr", "warmup_steps", "resolution", "checkpoint_every", "validate_every", "log_every", "ema", "precision",
-             "seed", "plain_mse", "limit", "ray_address", "stage1_cache")
+             "seed", "plain_mse", "limit", "ray_address", "stage1_cache", "max_failures", "resource_wait_seconds")
     flags = {k: getattr(a, k) for k in names}
     flags.update(validate=a.validate, force=a.force or None,
                  storage_options=parse_storage_options(a.storage_option) or None, allow_uri=a.allow_uri)
@@ -420,7 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validate", help="validation manifest (composite, mask, real)")
     s.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
     s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU, gloo)")
-    s.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 1)")
+    s.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 1, or on a local Ray with too few "
+                   "CPUs an equal share of what the data stage leaves)")
+    s.add_argument("--max-failures", type=int, help="worker deaths and transient errors survived, each restarting "
+                   "from the last checkpoint (default 3); errors no restart can fix stop the run at once")
+    s.add_argument("--resource-wait-seconds", type=float, help="on a cluster joined by address, how long to wait for "
+                   "the workers' resources before stopping (default 600)")
     s.add_argument("--max-steps", type=int, help="train until this step; a re-run with more continues")
     s.add_argument("--batch-size", type=int, help="samples per worker per step")
     s.add_argument("--lr", type=float)

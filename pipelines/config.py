@@ -7,16 +7,29 @@ here, before any model is loaded or Ray is started, and errors name the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import os
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, EMBEDDED_MODEL_DIR, SCHEDULER_NAMES, is_embedded
 from harmony_ops.perturb import DEFAULT_KIND_WEIGHTS, normalise_weights
 from harmony_ops.resolution import ResolutionPolicy
 from pipelines.core.stage import PoolConfig
 from pipelines.errors import ConfigError
+
+
+def absolute_location(v: str | None) -> str | None:
+    """A local path made absolute where the user typed it (the driver's folder): Ray workers run in
+    folders of their own, where a relative path names nothing. URIs and the refiner's words pass."""
+    if not v or "://" in v or v in ("auto", "none"):
+        return v
+    return os.path.abspath(os.path.expanduser(v))
+
+
+# A path or URI that reaches workers.
+Location = Annotated[str, AfterValidator(absolute_location)]
 
 
 class Strict(BaseModel):
@@ -29,18 +42,18 @@ class ModelConfig(Strict):
         description="diffharmony (two-stage diffusion) or baseline (Lab colour-statistics transfer); "
         "unset: diffharmony",
     )
-    model: str | None = Field(None, description="DiffHarmony checkpoint (diffusers layout): local path or fsspec URI; "
+    model: Location | None = Field(None, description="DiffHarmony checkpoint (diffusers layout): local path or fsspec URI; "
                               "unset: the embedded demo model (harmony_ops/weights/demo, trained by `make model`)")
-    unet: str | None = Field(None, description="override for the UNet (model folder or pipeline folder)")
-    vae: str | None = Field(None, description="override for the VAE, e.g. sd-vae-ft-mse")
-    refiner: str | None = Field(
+    unet: Location | None = Field(None, description="override for the UNet (model folder or pipeline folder)")
+    vae: Location | None = Field(None, description="override for the VAE, e.g. sd-vae-ft-mse")
+    refiner: Location | None = Field(
         "auto", description="refinement U-Net URI, 'none', or 'auto' (the model's refiner/ folder when present)"
     )
     scheduler: str = Field("euler_a", description=f"sampler: one of {sorted(SCHEDULER_NAMES)}")
     steps: int = Field(5, ge=1, le=1000, description="denoising steps (the paper uses 5)")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
-    harmony_vae: str | None = Field(None, description="Harmony-VAE (DiffHarmony++) URI; default: the model's harmony_vae/ folder")
+    harmony_vae: Location | None = Field(None, description="Harmony-VAE (DiffHarmony++) URI; default: the model's harmony_vae/ folder")
     decoder: Literal["auto", "vae", "harmony-vae"] = Field(
         "auto", description="auto: the Harmony-VAE when there is one, else the VAE; vae; harmony-vae (an error without one)"
     )
@@ -172,9 +185,9 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 class ImageJobConfig(Strict):
     """`harmony image`: one composite and mask to one output file."""
 
-    composite: str = Field(description="composite image path or URI")
-    mask: str = Field(description="foreground mask path or URI")
-    output: str = Field(description="output image path or URI")
+    composite: Location = Field(description="composite image path or URI")
+    mask: Location = Field(description="foreground mask path or URI")
+    output: Location = Field(description="output image path or URI")
     seed: int = Field(0, description="seed of this image's noise")
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
@@ -242,8 +255,8 @@ class HarmonizeJobConfig(JobConfig):
     """`harmony harmonize`: a manifest of composites to harmonized images and metric tables."""
 
     block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
-    manifest: str = Field(description="manifest URI (parquet, csv or jsonl)")
-    output: str = Field(description="output prefix URI: images/, metrics/, summary.json are written under it")
+    manifest: Location = Field(description="manifest URI (parquet, csv or jsonl)")
+    output: Location = Field(description="output prefix URI: images/, metrics/, summary.json are written under it")
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
@@ -263,13 +276,13 @@ class EvaluateJobConfig(JobConfig):
     """`harmony evaluate`: harmonized images (any method's) against ground truth, iHarmony4 protocol."""
 
     block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
-    manifest: str = Field(description="manifest URI (parquet, csv or jsonl) with id, composite, mask, real, optional subset")
-    predictions: str = Field(
+    manifest: Location = Field(description="manifest URI (parquet, csv or jsonl) with id, composite, mask, real, optional subset")
+    predictions: Location = Field(
         description="folder of predictions (<id>.<png|jpg|jpeg|webp> or <composite stem>.png), or a harmonize "
         "output prefix (its images/ folder is used)"
     )
-    output: str = Field(description="output prefix URI: metrics/, summary.json and report.html are written under it")
-    compare: str | None = Field(None, description="a second predictions folder, evaluated side by side (compare_* columns)")
+    output: Location = Field(description="output prefix URI: metrics/, summary.json and report.html are written under it")
+    compare: Location | None = Field(None, description="a second predictions folder, evaluated side by side (compare_* columns)")
     use_gt_bg: bool = Field(False, description="paste the ground-truth background into each prediction before any metric")
     report: bool = Field(True, description="write report.html under the output prefix")
     pool: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
@@ -292,8 +305,8 @@ def _parse_range(v: Any) -> Any:
 class SynthesizeJobConfig(JobConfig):
     """`harmony synthesize`: real images (+ masks) to iHarmony4-style training triples and their parameters."""
 
-    manifest: str = Field(description="input manifest URI (parquet, csv or jsonl) with id, real and, for --mask-source given, mask")
-    output: str = Field(description="output prefix URI: composite_images/, masks/, real_images/, manifest.parquet, params.parquet")
+    manifest: Location = Field(description="input manifest URI (parquet, csv or jsonl) with id, real and, for --mask-source given, mask")
+    output: Location = Field(description="output prefix URI: composite_images/, masks/, real_images/, manifest.parquet, params.parquet")
     mask_source: Literal["given", "ellipse", "box", "blob"] = Field(
         "given", description="given: the manifest's mask column; ellipse, box, blob: a random shape per sample"
     )
@@ -390,14 +403,19 @@ class TrainJobConfig(JobConfig):
         "swapped; harmony-vae: DiffHarmony++'s conditional decoder; vae: the AutoencoderKL itself, for reconstruction "
         "(from scratch when no pretrained VAE can be had; train it before stage 1, whose latents it defines)"
     )
-    data: str = Field(description="training manifest (composite, mask, real), as synthesize and import-iharmony4 write")
-    init: str = Field(description="checkpoint to start from; its other parts are copied into model/ unchanged")
-    output: str = Field(description="output prefix URI: model/, metrics/, checkpoints/, summary.json, report/")
-    validate_data: str | None = Field(None, alias="validate", description="validation manifest (composite, mask, real)")
+    data: Location = Field(description="training manifest (composite, mask, real), as synthesize and import-iharmony4 write")
+    init: Location = Field(description="checkpoint to start from; its other parts are copied into model/ unchanged")
+    output: Location = Field(description="output prefix URI: model/, metrics/, checkpoints/, summary.json, report/")
+    validate_data: Location | None = Field(None, alias="validate", description="validation manifest (composite, mask, real)")
     validate_rows: int = Field(8, ge=1, le=1024, description="validation rows used (the first N valid ones)")
     workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP ranks)")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; 0 trains on CPU (gloo)")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs reserved per worker; unset: 1, or on a local Ray that has too few CPUs an equal "
+        "share of what the data stage leaves")
+    resource_wait_seconds: float = Field(
+        600.0, ge=0, description="on a cluster joined by address (which an autoscaler may grow), how long to wait for "
+        "the workers' resources before stopping; a local Ray never grows, so a request it cannot hold stops at once")
     max_steps: int = Field(1000, ge=1, description="train until this optimisation step (a re-run continues to it)")
     batch_size: int = Field(4, ge=1, description="samples per worker per step")
     lr: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate after warmup")
@@ -414,13 +432,15 @@ class TrainJobConfig(JobConfig):
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay (diffusers EMAModel, with its warmup)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast on GPU (auto: bf16); CPU runs fp32")
     sampler_steps: int = Field(5, ge=1, le=100, description="Euler-A steps of the frozen stage 1 (refiner inputs, validation)")
-    stage1_cache: str | None = Field(
+    stage1_cache: Location | None = Field(
         None, description="refiner: URI of a stage-1 cache; the frozen --init stage 1 runs once over --data, its outputs "
         "are written there as PNGs with a cache manifest (stage1.parquet) and reused by later runs whose init model, "
         "resolution, sampler steps and seed match (else rebuilt); unset: stage 1 runs online at every step",
     )
     seed: int = Field(0, description="seed of initial noise and per-step randomness")
-    max_failures: int = Field(3, ge=0, le=100, description="worker failures survived (the run restarts from its last checkpoint)")
+    max_failures: int = Field(
+        3, ge=0, le=100, description="worker deaths and transient errors survived (the run restarts from its last "
+        "checkpoint); errors no restart can fix (a missing or broken --init, a shape mismatch) stop the run at once")
     decode_pool: PoolConfig = Field(default_factory=_train_decode_pool, description="fetch + decode + augment (CPU tasks)")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)

@@ -150,10 +150,10 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
                 **common,
             )
         else:
-            # A task whose worker died is retried without limit, as actors' tasks are: the ledger is the bound.
-            retries = {"max_retries": -1} if ledger is not None else {}
+            # A task whose worker died is retried without limit (Ray Data's own default for its tasks, as
+            # for actors' tasks): the ledger is the bound.
             ds = ds.map_batches(_named(_Task, stage.name)(bound), compute=TaskPoolStrategy(size=p.max_workers),
-                                **common, **retries)
+                                **common)
     return ds
 
 

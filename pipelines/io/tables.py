@@ -35,13 +35,21 @@ def parquet_files(uri: str, options: dict) -> tuple[pa.fs.FileSystem, list[str]]
                       if f.type == pa.fs.FileType.File and f.path.endswith(".parquet"))
 
 
-def read_parquet_tree(uri: str, options: dict) -> pd.DataFrame:
-    """One parquet file, or every parquet file under a folder (sorted, schemas promoted); empty if absent."""
+def read_parquet_tree(uri: str, options: dict, skip_truncated: bool = False) -> pd.DataFrame:
+    """One parquet file, or every parquet file under a folder (sorted, schemas promoted); empty if absent.
+    `skip_truncated`: leave out files that are not whole parquet files (a journal file a killed run was
+    writing: Ray Data's writes are not atomic on file systems); their rows are simply not done yet."""
     try:
         fs, files = parquet_files(uri, options)
-        if not files:
+        tables = []
+        for f in files:
+            try:
+                tables.append(pq.read_table(f, filesystem=fs))
+            except pa.ArrowInvalid:
+                if not skip_truncated:
+                    raise
+        if not tables:
             return pd.DataFrame()
-        tables = [pq.read_table(f, filesystem=fs) for f in files]
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except FileNotFoundError:
         return pd.DataFrame()

@@ -99,7 +99,7 @@ def config_key(cfg: HarmonizeJobConfig, model_id: str) -> str:
 def previous_results(cfg: HarmonizeJobConfig) -> pd.DataFrame:
     """Rows finished by earlier runs: the consolidated table, then journals (later wins)."""
     frames = [read_parquet_tree(join(cfg.output, METRICS_FILE), cfg.storage_options),
-              read_parquet_tree(join(cfg.output, JOURNAL), cfg.storage_options)]
+              read_parquet_tree(join(cfg.output, JOURNAL), cfg.storage_options, skip_truncated=True)]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

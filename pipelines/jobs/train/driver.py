@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.config import TrainJobConfig
+from pipelines.core.resources import TrainPlan, await_resources, plan_train
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError
 from pipelines.io.manifest import prepare_rows, read_manifest
@@ -39,6 +40,39 @@ def _rows(cfg: TrainJobConfig, uri: str) -> pd.DataFrame:
     return rows
 
 
+def _preflight(cfg: TrainJobConfig) -> None:
+    """What every worker would find wrong with --init, found once on the driver before Ray starts."""
+    from harmony_ops.checkpoints import CheckpointError, resolve_checkpoint
+
+    try:
+        ck = resolve_checkpoint(cfg.init, refiner="auto", storage_options=cfg.storage_options)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise JobError(f"--init: {exc}") from None
+    if cfg.task == "refiner" and ck.refiner is None:
+        raise JobError(f"--task refiner: {cfg.init} has no refiner/ to start from")
+
+
+def _plan(cfg: TrainJobConfig, echo) -> TrainPlan:
+    """The trainers' resources on this cluster, leaving the decode stage its share; on a cluster that
+    may grow (joined by address) waits for them, up to --resource-wait-seconds."""
+    import ray
+
+    fixed = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+    plan = plan_train(ray.cluster_resources(), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
+                      cfg.decode_pool.num_cpus or 0.0, fixed)
+    if not fixed:
+        await_resources(plan.need, ray.cluster_resources, cfg.resource_wait_seconds, echo)
+    echo(f"harmony train: {plan.describe()}")
+    return plan
+
+
+def _cause(exc: BaseException) -> str:
+    """The first worker's error of a TrainingFailedError, in one line."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    first = next(iter(failures.values()), None) or getattr(exc, "controller_failure", None) or exc
+    return f"{type(first).__name__}: {str(first).strip().splitlines()[-1] if str(first).strip() else ''}"
+
+
 def _write_parquet(df: pd.DataFrame, uri: str, options: dict) -> None:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
@@ -47,9 +81,10 @@ def _write_parquet(df: pd.DataFrame, uri: str, options: dict) -> None:
 
 def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    _preflight(cfg)
     rows = _rows(cfg, cfg.data)
     invalid = rows[rows["status"] != Status.PENDING]
     train_rows = rows[rows["status"] == Status.PENDING]
@@ -77,25 +112,35 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             val_skipped = int((val["status"] != "ok").sum())
             val = val[val["status"] == "ok"].head(cfg.validate_rows).reset_index(drop=True)
             val_ref, n_val = (ray.put(val) if len(val) else None), len(val)
+        plan = _plan(cfg, echo)
         fs, path = arrow_filesystem(join(cfg.output, "checkpoints"), cfg.storage_options)
         loop_cfg = dict(cfg.model_dump(include={"task", "init", "resolution", "lr", "weight_decay", "warmup_steps", "ema",
                                                 "ema_decay", "precision", "seed", "max_steps", "batch_size", "plain_mse",
                                                 "checkpoint_every", "validate_every", "log_every", "sampler_steps",
-                                                "output", "storage_options", "cpus_per_worker"}),
-                        validate_ref=val_ref, fail_at=os.environ.get(loop.FAIL_AT_ENV),
+                                                "output", "storage_options"}),
+                        cpus_per_worker=plan.cpus_per_worker, validate_ref=val_ref, fail_at=os.environ.get(loop.FAIL_AT_ENV),
                         fail_marker=os.environ.get(loop.FAIL_MARKER_ENV))
         trainer = TorchTrainer(
             loop.train_loop,
             train_loop_config=loop_cfg,
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                         resources_per_worker={"CPU": plan.cpus_per_worker,
                                                                **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}),
+            # Worker deaths and errors while training are retried from the last checkpoint, max_failures
+            # times; so are worker groups that fail to start (Ray's default retries those for ever).
             run_config=RunConfig(name=RUN_NAME, storage_path=path, storage_filesystem=fs,
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                                              controller_failure_limit=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
             datasets={"train": ds},
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:
+            raise JobError(f"training failed after {cfg.max_failures} restart(s) (--max-failures): {_cause(exc)}") from None
+        fatal = (result.return_value or {}).get(loop.FATAL) if isinstance(result.return_value, dict) else None
+        if fatal:
+            raise JobError(f"training stopped: {fatal}")
         if result.checkpoint is None:
             raise JobError("training ended without a checkpoint")
         with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory():

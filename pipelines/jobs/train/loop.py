@@ -26,6 +26,8 @@ TRAINED = "trained"
 ROWS = "train_rows.parquet"
 VAL_ROWS = "validation_rows.parquet"
 SKIPPED = "skipped.parquet"
+# Key of the value train_loop returns when setting up failed for good (Result.return_value, rank 0).
+FATAL = "fatal"
 
 
 def _models(cfg: dict, device):
@@ -92,6 +94,31 @@ def _validate(cfg, sampler, refiner, val, step, device):
     return row, pred
 
 
+def _restore(ckpt, trained, opt, ema, device):
+    """Weights, optimiser, EMA and the metric rows of a Ray Train checkpoint, into the built models."""
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / STATE, map_location=device, weights_only=True)
+        trained.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        var = state["latent_var"].to(torch.float64).cpu() if state.get("latent_var") is not None else None
+        rows = pd.read_parquet(Path(d) / ROWS).to_dict("records")
+        val_rows = pd.read_parquet(Path(d) / VAL_ROWS).to_dict("records") if (Path(d) / VAL_ROWS).exists() else []
+        skipped = ({r["id"]: r for r in pd.read_parquet(Path(d) / SKIPPED).to_dict("records")}
+                   if (Path(d) / SKIPPED).exists() else {})
+    return int(state["step"]), rows, val_rows, skipped, var
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether setting a worker up failed in a way no restart can fix. A store that did not answer
+    (a connection reset, a timeout: OSErrors) may answer the next attempt; a missing file, a broken
+    checkpoint, a configuration or shape error will not."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    return not isinstance(exc, OSError)
+
+
 class FirstBatchAhead:
     """Iterates `batches`, having fetched the first one on a thread, started at construction.
 
@@ -120,7 +147,7 @@ class FirstBatchAhead:
         yield from self._batches
 
 
-def train_loop(cfg: dict) -> None:
+def train_loop(cfg: dict) -> dict | None:
     import ray.train
     import ray.train.torch
 
@@ -144,36 +171,44 @@ def train_loop(cfg: dict) -> None:
     torch.manual_seed(cfg["seed"] + rank)
     if device.type == "cpu":  # Ray pins a worker to one thread unless told; use what it reserved
         torch.set_num_threads(max(1, round(cfg.get("cpus_per_worker") or 1)))
-    unet, vae, null, sched_cfg, refiner, cvae = _models(cfg, device)
-    trained = {"refiner": refiner, "harmony-vae": cvae, "vae": vae}.get(cfg["task"], unet)
-    if device.type == "cuda" and trained._supports_gradient_checkpointing:
-        trained.enable_gradient_checkpointing()  # memory for batch size; on CPU it only costs time
-    trained.train()
-    params = [p for p in trained.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # Building the models and restoring the checkpoint fail the same way on every attempt (a missing or
+    # broken checkpoint, a shape that does not match): every rank learns of any rank's error at the same
+    # point and returns it instead of raising, so Ray Train does not restart the worker group for it.
+    try:
+        unet, vae, null, sched_cfg, refiner, cvae = _models(cfg, device)
+        trained = {"refiner": refiner, "harmony-vae": cvae, "vae": vae}.get(cfg["task"], unet)
+        if device.type == "cuda" and trained._supports_gradient_checkpointing:
+            trained.enable_gradient_checkpointing()  # memory for batch size; on CPU it only costs time
+        trained.train()
+        params = [p for p in trained.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        ema = EMAModel(params, decay=cfg["ema_decay"]) if cfg["ema"] else None
+        error, ckpt, restored = None, ray.train.get_checkpoint(), None
+        if ckpt is not None:
+            error = "resuming from the run's last checkpoint (made by another task or model? use a new --output)"
+            restored = _restore(ckpt, trained, opt, ema, device)
+            error = None
+    except Exception as exc:  # noqa: BLE001 - sorted by is_permanent below
+        if not is_permanent(exc):
+            raise
+        lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+        error = (f"{error}: " if error else "") + "\n".join(lines[:4] + (["..."] if len(lines) > 4 else []))
+    errors = [error] * world
+    if world > 1:
+        dist.all_gather_object(errors, error)
+    fatal = next((e for e in errors if e), None)
+    if fatal is not None:
+        return {FATAL: fatal}
     warm = cfg["warmup_steps"]
     lr_at = lambda s: min(1.0, (s + 1) / warm) if warm else 1.0  # noqa: E731 - constant after linear warmup
-    ema = EMAModel(params, decay=cfg["ema_decay"]) if cfg["ema"] else None
     step, rows, val_rows, skipped = 0, [], [], {}
     # --task vae: running mean of the latents' variance; the exported scaling_factor is 1/std, as
     # LDM set SD's 0.18215, so stage 1 sees unit-variance latents.
     latent_var = torch.zeros(2, dtype=torch.float64)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE, map_location=device, weights_only=True)
-            trained.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            step = int(state["step"])
-            if state.get("latent_var") is not None:
-                latent_var = state["latent_var"].to(torch.float64).cpu()
-            rows = pd.read_parquet(Path(d) / ROWS).to_dict("records")
-            if (Path(d) / VAL_ROWS).exists():
-                val_rows = pd.read_parquet(Path(d) / VAL_ROWS).to_dict("records")
-            if (Path(d) / SKIPPED).exists():
-                skipped = {r["id"]: r for r in pd.read_parquet(Path(d) / SKIPPED).to_dict("records")}
+    if restored is not None:
+        step, rows, val_rows, skipped, var = restored
+        if var is not None:
+            latent_var = var
     objective = VAEObjective(trained) if cfg["task"] == "vae" else trained
     model = ray.train.torch.prepare_model(objective) if world > 1 else objective
     scheduler = noise_scheduler(sched_cfg)

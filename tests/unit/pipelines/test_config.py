@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harmony_ops.engines import DEFAULT_REFINE_MAX_PIXELS
@@ -84,7 +86,7 @@ def test_falsy_flags_other_than_none_still_override(tmp_path):
     cfg = build(HarmonizeJobConfig, y, {"seed": 0, "resume": False})
     assert cfg.seed == 0
     assert cfg.resume is False
-    assert cfg.manifest == "y.csv"  # YAML supplies required fields
+    assert cfg.manifest == os.path.abspath("y.csv")  # YAML supplies required fields (made absolute)
 
 
 def test_flags_alone_without_yaml():
