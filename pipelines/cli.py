@@ -105,7 +105,7 @@ def cmd_harmonize(a: argparse.Namespace) -> int:
     from pipelines.jobs.harmonize.job import run_harmonize
 
     cfg = build(HarmonizeJobConfig, a.config, _harmonize_flags(a))
-    return run_harmonize(cfg).exit_code
+    return run_harmonize(cfg, echo=a.console).exit_code
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -127,7 +127,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         allow_uri=a.allow_uri,
     )
     cfg = build(EvaluateJobConfig, a.config, flags)
-    return run_evaluate(cfg).exit_code
+    return run_evaluate(cfg, echo=a.console).exit_code
 
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
@@ -158,7 +158,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         allow_uri=a.allow_uri,
     )
     cfg = build(SynthesizeJobConfig, a.config, flags)
-    return run_synthesize(cfg).exit_code
+    return run_synthesize(cfg, echo=a.console).exit_code
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -231,7 +231,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from pipelines.jobs.train.driver import run_train
 
     cfg = build(TrainJobConfig, a.config, _train_flags(a))
-    return run_train(cfg).exit_code
+    return run_train(cfg, echo=a.console).exit_code
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
@@ -272,6 +272,18 @@ def cmd_convert_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """How a Ray job reports: the same four flags on harmonize, evaluate, synthesize and train."""
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="when redirected (no terminal): one progress line every SECONDS (default 10)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="json: one JSON object per line (progress events, messages, the final summary)")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="Ray's own logs and warnings on the terminal too (default: in a log file, its path printed)")
+    p.set_defaults(ray_job=True)
+
+
 def _force_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="take over the output prefix's lease even when another run holds it (that run then stops)")
@@ -307,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(s)
     _allow_uri_flag(s)
     _force_flag(s)
+    _output_flags(s)
     s.set_defaults(func=cmd_harmonize)
 
     s = sub.add_parser("evaluate", help="score a folder of harmonized images against ground truth (iHarmony4 protocol)")
@@ -322,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     _allow_uri_flag(s)
     _force_flag(s)
+    _output_flags(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("synthesize", help="make iHarmony4-style training data: perturb real images' foregrounds")
@@ -353,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     _allow_uri_flag(s)
     _force_flag(s)
+    _output_flags(s)
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("report", help="write report.html (tables, plots, image grids) under an output prefix")
@@ -446,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     _allow_uri_flag(s)
     _force_flag(s)
+    _output_flags(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("recipe", help="run a training recipe (a folder of step YAMLs), e.g. the embedded model's: make model")
@@ -487,10 +503,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.errors import JobError
 
+    from pipelines.core.console import Console
+    from pipelines.core.logs import ray_logs_to_file
+
+    args.console = console = Console(getattr(args, "log_format", "text"), getattr(args, "quiet", False),
+                                     getattr(args, "progress_every", 10.0))
     try:
-        return args.func(args)
+        if not getattr(args, "ray_job", False):
+            return args.func(args)
+        with ray_logs_to_file(args.command, verbose=args.verbose) as log:
+            if log is not None:
+                console(f"Ray's logs and warnings: {log}")
+            return args.func(args)
     except (ConfigError, CheckpointError, ImageError, JobError, ValueError, FileNotFoundError) as exc:
-        print(f"harmony {args.command}: error: {exc}", file=sys.stderr)
+        console(f"harmony {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

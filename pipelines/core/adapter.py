@@ -158,17 +158,24 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local instance without the dashboard."""
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local instance without the dashboard.
+    Under the CLI (`pipelines.core.logs.ray_logs_to_file`) Ray's output goes to its log file: workers'
+    output is not forwarded and Ray Data draws no progress."""
     import ray
+
+    from pipelines.core import logs
 
     if ray.is_initialized():
         return
+    quiet = logs.quiet()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
-    # address="local": always a new instance. Without it Ray joins whatever /tmp/ray/ray_current_cluster
-    # names, and a cluster that died without removing that file makes the job wait on it for ever.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, configure_logging=True,
-             logging_level="WARNING")
+        ray.init(address=address, log_to_driver=not quiet, configure_logging=not quiet)
+    else:
+        os.environ.setdefault("RAY_TMPDIR", tempfile.gettempdir())
+        # address="local": always a new instance. Without it Ray joins whatever /tmp/ray/ray_current_cluster
+        # names, and a cluster that died without removing that file makes the job wait on it for ever.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+                 configure_logging=not quiet, logging_level="WARNING")
+    if quiet:
+        logs.silence_ray_data()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipelines.core.adapter import apply_stages, ensure_ray
+from pipelines.core.console import progress_of
 from pipelines.core.crashes import CrashLedger
 from pipelines.core.stage import Stage
 from pipelines.errors import JobError, LeaseLost
@@ -49,6 +50,8 @@ class JobRun:
         self.t0 = time.perf_counter()
         self.journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
         self.lease: leases.Lease | None = None
+        self.command = "harmony " + type(cfg).__name__.removesuffix("JobConfig").lower()
+        self.expected: int | None = None  # rows a stream over a Ray dataset will yield, when the job knows
 
     def __enter__(self) -> "JobRun":
         return self
@@ -67,7 +70,7 @@ class JobRun:
         if self.lease is not None:
             self.lease.check()
             return
-        command = "harmony " + type(self.cfg).__name__.removesuffix("JobConfig").lower()
+        command = self.command
         main = threading.current_thread() is threading.main_thread()
         on_lost = _interrupt_main if main else None  # stop the stream now, not at the next claim
         self.lease = leases.acquire(self.cfg.output, self.opts, ttl=self.cfg.lease_ttl_seconds, force=self.cfg.force,
@@ -98,15 +101,22 @@ class JobRun:
         """Run `stages` over `source` (a DataFrame of pending rows, or a Ray dataset with `columns`),
         journaling each finished block; returns the journaled rows (empty when there was nothing).
         `keep`, `finalize`, `transit`: as in `pipelines.core.adapter.apply_stages`."""
+        total = None
         if isinstance(source, pd.DataFrame):
             if source.empty:
                 return pd.DataFrame()
             self.start_ray()
-            columns, source = list(source.columns), self.blocks(source)
+            total, columns, source = len(source), list(source.columns), self.blocks(source)
         ledger = CrashLedger(join(self.journal, "_attempts"), self.opts, self.cfg.max_worker_crashes)
         ds = apply_stages(source, stages, inputs=columns or (), keep=keep, finalize=finalize, transit=transit,
                           ledger=ledger)
-        return journal_dataset(ds, self.journal, self.opts, read_back=read_back)
+        progress = progress_of(self.echo, self.command, total if total is not None else self.expected)
+        try:
+            return journal_dataset(ds, self.journal, self.opts, read_back=read_back,
+                                   on_block=progress.advance if progress is not None else None)
+        finally:
+            if progress is not None:
+                progress.close()
 
     def consolidate(self, parts: Iterable[pd.DataFrame], expected: int, to_arrow: Callable) -> pd.DataFrame:
         """One table sorted by manifest row, exactly one row per input, written to metrics/metrics.parquet."""
@@ -132,6 +142,8 @@ class JobRun:
         self.claim()
         uri = join(self.cfg.output, SUMMARY_FILE)
         write_bytes_atomic(uri, json.dumps(summary, indent=2).encode(), self.opts)
+        if hasattr(self.echo, "summary"):
+            self.echo.summary(summary)
         remove_tree(join(self.cfg.output, JOURNAL), self.opts)
         for folder in tidy:
             remove_stale_temporaries(join(self.cfg.output, folder), self.opts)

@@ -7,6 +7,7 @@ Local paths and object stores alike, through `pipelines.io.storage`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -76,13 +77,37 @@ def write_parquet_stream(tables: Iterable[pa.Table], uri: str, schema: pa.Schema
         os.replace(target, path)
 
 
-def journal_dataset(ds, uri: str, options: dict, read_back: bool = True) -> pd.DataFrame:
-    """Stream a Ray dataset's blocks to parquet files under `uri` as they finish; then read them back
-    (or return an empty frame when the caller reads the parts itself)."""
-    fs, path = arrow_filesystem(uri, options)
+def journal_dataset(ds, uri: str, options: dict, read_back: bool = True, on_block=None) -> pd.DataFrame:
+    """Stream a Ray dataset's blocks to parquet files under `uri` as they finish (each written whole:
+    a temporary file renamed into place, or one object PUT), calling `on_block(rows, status_counts)`
+    on the driver after each; then read them back (or return an empty frame when the caller reads the
+    parts itself). The driver receives one small row of counts per block, never the rows."""
+    writer = _JournalWriter(uri, options)
     # Writes are small; a fraction of a CPU keeps them from starving the stages.
-    ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0.1})
+    counts = ds.map_batches(writer, batch_format="pyarrow", batch_size=None, num_cpus=0.1, zero_copy_batch=True)
+    for batch in counts.iter_batches(batch_format="pyarrow", batch_size=None):
+        for rec in batch.to_pylist():
+            if on_block is not None:
+                on_block(int(rec["rows"]), json.loads(rec["counts"]))
     return read_parquet_tree(uri, options) if read_back else pd.DataFrame()
+
+
+class _JournalWriter:
+    """Ray Data task body: one journal file per block, answered by its row and status counts."""
+
+    def __init__(self, uri: str, options: dict):
+        self.uri, self.options = uri, options
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from pipelines.io.storage import join
+
+        counts: dict[str, int] = {}
+        if table.num_rows:
+            write_table_atomic(table, join(self.uri, f"{uuid.uuid4().hex}.parquet"), self.options)
+            if "status" in table.column_names:
+                for v, n in pd.Series(table.column("status").to_pylist()).value_counts().items():
+                    counts[str(v)] = int(n)
+        return pa.table({"rows": [table.num_rows], "counts": [json.dumps(counts)]})
 
 
 def remove_tree(uri: str, options: dict) -> None:

@@ -189,5 +189,7 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     code = 0
     if cfg.max_failed_fraction is not None and len(metrics) and bad / len(metrics) > cfg.max_failed_fraction:
         echo(f"failed or invalid rows: {bad}/{len(metrics)} > max_failed_fraction {cfg.max_failed_fraction}", file=sys.stderr)
+        echo(f"RUN FAILED (exit 3): {bad} of {len(metrics)} rows failed or were invalid, more than "
+             f"--max-failed-fraction {cfg.max_failed_fraction}; the outputs above hold the rows that succeeded")
         code = 3
     return JobResult(summary=summary, metrics=metrics, exit_code=code)

@@ -4,14 +4,17 @@ model/, metrics/, summary.json and report/ from the final checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pandas as pd
 
 from pipelines.config import TrainJobConfig
+from pipelines.core.console import progress_of
 from pipelines.core.resources import TrainPlan, await_resources, plan_train
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError
@@ -64,6 +67,43 @@ def _plan(cfg: TrainJobConfig, echo) -> TrainPlan:
         await_resources(plan.need, ray.cluster_resources, cfg.resource_wait_seconds, echo)
     echo(f"harmony train: {plan.describe()}")
     return plan
+
+
+@contextlib.contextmanager
+def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: dict):
+    """Rank 0's step reports (a Ray queue) shown by the driver's console while training runs."""
+    progress = progress_of(echo, "harmony train", cfg.max_steps, unit="steps")
+    if progress is None:
+        yield
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue, stop = Queue(actor_options={"num_cpus": 0}), threading.Event()
+    loop_cfg["progress"] = queue
+
+    def feed():
+        while not stop.is_set():
+            try:
+                event = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - the queue's actor is gone: the run is ending
+                return
+            if progress.done == 0 and event["step"] > 1:  # a resumed run starts at its checkpoint
+                progress.done = event["step"] - 1
+            progress.advance(max(event["step"] - progress.done, 0), {"ok": max(event["step"] - progress.done, 0)},
+                             loss=event["loss"])
+
+    thread = threading.Thread(target=feed, name="train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        progress.close()
+        with contextlib.suppress(Exception):
+            queue.shutdown()
 
 
 def _cause(exc: BaseException) -> str:
@@ -135,7 +175,8 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             datasets={"train": ds},
         )
         try:
-            result = trainer.fit()
+            with _progress_feed(echo, cfg, loop_cfg):
+                result = trainer.fit()
         except TrainingFailedError as exc:
             raise JobError(f"training failed after {cfg.max_failures} restart(s) (--max-failures): {_cause(exc)}") from None
         fatal = (result.return_value or {}).get(loop.FATAL) if isinstance(result.return_value, dict) else None

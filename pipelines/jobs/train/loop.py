@@ -305,8 +305,12 @@ def train_loop(cfg: dict) -> dict | None:
             if rank == 0 and (step % cfg["log_every"] == 0 or step == cfg["max_steps"]):
                 done = step - first_step
                 eta = (time.perf_counter() - t_start) / max(done, 1) * (cfg["max_steps"] - step)
-                print(f"train {cfg['task']}: step {step}/{cfg['max_steps']} loss {float(mean):.4f} "
-                      f"lr {rows[-1]['lr']:.2e} {rows[-1]['samples_per_second']:.1f} samples/s ETA {eta:.0f}s", flush=True)
+                if cfg.get("progress") is not None:  # the driver's console shows it (workers' output is not forwarded)
+                    cfg["progress"].put_nowait({"step": step, "loss": float(mean), "lr": rows[-1]["lr"]})
+                else:
+                    print(f"train {cfg['task']}: step {step}/{cfg['max_steps']} loss {float(mean):.4f} "
+                          f"lr {rows[-1]['lr']:.2e} {rows[-1]['samples_per_second']:.1f} samples/s ETA {eta:.0f}s",
+                          flush=True)
             last = step >= cfg["max_steps"]
             if val is not None and rank == 0 and (step % cfg["validate_every"] == 0 or last):
                 if ema is not None:
