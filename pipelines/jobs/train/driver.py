@@ -21,6 +21,7 @@ from pipelines.errors import JobError
 from pipelines.io.manifest import prepare_rows, read_manifest
 from pipelines.io.storage import arrow_filesystem, join, write_bytes_atomic
 from pipelines.jobs.train import loop
+from pipelines.jobs.train.card import training_card, write_card
 from pipelines.jobs.train.data import decoded_dataset
 from pipelines.jobs.train.export import export_model
 from pipelines.jobs.train.report import write_report
@@ -43,7 +44,7 @@ def _rows(cfg: TrainJobConfig, uri: str) -> pd.DataFrame:
     return rows
 
 
-def _preflight(cfg: TrainJobConfig) -> None:
+def _preflight(cfg: TrainJobConfig) -> str:
     """What every worker would find wrong with --init, found once on the driver before Ray starts."""
     from harmony_ops.checkpoints import CheckpointError, resolve_checkpoint
 
@@ -53,6 +54,7 @@ def _preflight(cfg: TrainJobConfig) -> None:
         raise JobError(f"--init: {exc}") from None
     if cfg.task == "refiner" and ck.refiner is None:
         raise JobError(f"--task refiner: {cfg.init} has no refiner/ to start from")
+    return ck.model_id
 
 
 def _plan(cfg: TrainJobConfig, echo) -> TrainPlan:
@@ -124,7 +126,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    _preflight(cfg)
+    init_id = _preflight(cfg)
     rows = _rows(cfg, cfg.data)
     invalid = rows[rows["status"] != Status.PENDING]
     train_rows = rows[rows["status"] == Status.PENDING]
@@ -204,6 +206,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             validation=valid.iloc[-1].to_dict() if len(valid) else None, model=model_uri, stage1_cache=cache,
             wall_seconds=run.wall, config=run.config(),
         )
+        write_card(model_uri, training_card(summary, init_id, len(train_rows)), cfg.storage_options)
         write_report(cfg.output, train, valid, cfg.storage_options, grids=min(4, n_val) if len(valid) else 0)
         run.close(summary)
         echo(f"harmony train: {cfg.task} at step {summary['steps']}, loss {summary['final_loss']:.4f}; "

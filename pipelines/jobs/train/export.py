@@ -7,6 +7,7 @@ from pathlib import Path
 
 from harmony_ops.checkpoints import HARMONY_VAE_DIR, resolve
 from pipelines.io.storage import filesystem, join
+from pipelines.jobs.train.card import INIT_ONLY
 
 # The folder of the checkpoint each task trains.
 PART = {"stage1": "unet", "inverse": "unet", "refiner": "refiner", "harmony-vae": HARMONY_VAE_DIR, "vae": "vae"}
@@ -20,7 +21,7 @@ def export_model(init: str, trained_dir: Path, task: str, output: str, options: 
     with tempfile.TemporaryDirectory():
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
-            if not p.is_file() or rel.startswith(f"{part}/") or p.name.startswith("."):
+            if not p.is_file() or rel.startswith(f"{part}/") or p.name.startswith(".") or rel in INIT_ONLY:
                 continue
             fs.makedirs(f"{dest}/{Path(rel).parent.as_posix()}", exist_ok=True)
             fs.put_file(str(p), f"{dest}/{rel}")

@@ -42,6 +42,6 @@ def test_json_log_format_lines_parse_and_ray_keeps_its_output_to_its_log_file(tm
     # The failed --max-failed-fraction is said plainly on stdout too, not only by the exit code.
     assert any(e["event"] == "message" and e["text"].startswith("RUN FAILED (exit 3)") for e in events)
     said = [e["text"] for e in events if e["event"] == "message" and e["text"].startswith("Ray's logs")]
-    assert len(said) == 1 and "Token authentication" in Path(said[0].split(": ", 1)[1]).read_text()
+    assert len(said) == 1 and "Started a local Ray instance" in Path(said[0].split(": ", 1)[1]).read_text()
     for noise in ("Token authentication", "RayDeprecationWarning", "Total Progress", "UserWarning", "\x1b["):
         assert noise not in r.stderr and noise not in r.stdout, noise

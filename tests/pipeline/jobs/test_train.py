@@ -152,6 +152,14 @@ def test_stage1_resumes_after_a_killed_driver_and_exports(ray_local, train_data,
         assert (model / part / "diffusion_pytorch_model.safetensors").read_bytes() == \
             (tiny_checkpoint / part / "diffusion_pytorch_model.safetensors").read_bytes()
     _image_runs(model, train_data, tmp_path)
+    # The same output resumed by another task: its checkpoint cannot be loaded into the refiner, which no
+    # restart can fix: the run stops at once with the reason (no retry of the worker group).
+    from pipelines.errors import JobError
+    from pipelines.jobs.train.driver import run_train
+
+    refiner = _cfg("refiner", train_data, tiny_checkpoint, out, max_steps=steps + 2, max_failures=3)
+    with pytest.raises(JobError, match=r"training stopped: resuming from the run's last checkpoint.*state_dict"):
+        run_train(refiner, echo=quiet)
 
 
 def test_refiner_cache_built_once_then_reused_by_a_longer_rerun_that_survives_a_dead_worker(
