@@ -6,7 +6,7 @@
 #
 #   bash bench/gpu-check.sh               # GPU machine: installs the carried .whl/*.whl, runs both sections
 #   bash bench/gpu-check.sh --dry-run     # any machine: the same logic on the CPU, tiny model, seconds
-#   bash bench/gpu-check.sh --resolution 512 --budget-s 200   # other flags go to pipelines.jobs.bench.gpu_check
+#   bash bench/gpu-check.sh --resolution 512 --budget-s 200   # other flags go to pipelines.devtools.gpu_check
 #
 # Writes to $OUT (default bench-results/gpu): gpu-bench.jsonl (a line per row), gpu-bench.json and
 # gpu-bench.md (rewritten after every row, so a stop at the time limit keeps the rows done), gpu-check.log.
@@ -89,7 +89,7 @@ EOF
 # 3. The sections (model grid, then train rows), stopped at the budget plus a margin whatever happens;
 #    the rows done stay in $OUT.
 say "sections $SECTIONS, budget ${BUDGET_S} s, writing $OUT"
-PYTHONUNBUFFERED=1 timeout -k 10 $((BUDGET_S + 40)) "$PYTHON" -m pipelines.jobs.bench.gpu_check \
+PYTHONUNBUFFERED=1 timeout -k 10 $((BUDGET_S + 40)) "$PYTHON" -m pipelines.devtools.gpu_check \
   --out "$OUT" --budget-s "$BUDGET_S" --sections "$SECTIONS" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 if ((rc == 124 || rc == 137)); then

@@ -180,7 +180,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from pipelines.jobs.demo.demo import run_demo
+    from pipelines.devtools.demo.demo import run_demo
 
     return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images, engine=a.engine)
 
@@ -201,7 +201,8 @@ def cmd_import_iharmony4(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from pipelines.jobs.bench.bench import ModelOptions, run_bench
+    from pipelines.devtools.bench.model import ModelOptions
+    from pipelines.devtools.bench.run import run_bench
 
     ints = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     options = ModelOptions(sdpa=a.sdpa, channels_last=a.channels_last, compile=a.compile is not None,
@@ -235,7 +236,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
-    from pipelines.jobs.recipe.runner import parse_caps, run_recipe
+    from pipelines.devtools.recipe.runner import parse_caps, run_recipe
 
     run_recipe(a.recipe, a.work, restart=a.restart, only=a.only, until=a.until, caps=parse_caps(a.cap))
     return 0

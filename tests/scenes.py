@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipelines.jobs.demo.scenes import composite_of
+from pipelines.devtools.demo.scenes import composite_of
 
 
 def enc(arr: np.ndarray, fmt: str = "PNG", **kw) -> bytes:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipelines.core.crashes import CrashLedger, row_ids
 from pipelines.core.stage import Stage
-from pipelines.core.test_hooks import maybe_crash_for_test, maybe_slow_for_test
+from pipelines.core.test_hooks import stage_hooks
 from pipelines.errors import StageContractError
 
 
@@ -48,6 +48,7 @@ class _Bound:
     def __init__(self, stage: Stage, drop: tuple[str, ...], last: bool, finalize: Callable | None,
                  ledger: CrashLedger | None = None):
         self.stage, self.drop, self.last, self.finalize, self.ledger = stage, drop, last, finalize, ledger
+        self.hooks = stage_hooks(stage.name)  # test-only; None unless a test sets them
 
     def _guarded(self, batch: pd.DataFrame) -> pd.DataFrame:
         """The stage's output, with worker deaths on this batch counted and bounded (core/crashes.py)."""
@@ -60,13 +61,15 @@ class _Bound:
             half = len(batch) // 2
             return pd.concat([self._guarded(batch.iloc[:half]), self._guarded(batch.iloc[half:])])
         marker = ledger.begin(ids)
-        maybe_crash_for_test(self.stage.name, batch)
+        if self.hooks is not None:
+            self.hooks.crash(batch)
         out = self.stage.run(batch)
         ledger.end(marker)
         return out
 
     def run(self, batch: pd.DataFrame):
-        maybe_slow_for_test(self.stage.name, batch)
+        if self.hooks is not None:
+            self.hooks.slow(batch)
         out = self._guarded(batch) if self.ledger is not None else self.stage.run(batch)
         drop = [c for c in self.drop if c in out.columns]
         if self.last:

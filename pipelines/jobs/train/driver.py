@@ -17,6 +17,7 @@ from pipelines.config import TrainJobConfig
 from pipelines.core.console import progress_of
 from pipelines.core.resources import TrainPlan, await_resources, plan_train
 from pipelines.core.run import JobResult, JobRun
+from pipelines.core.test_hooks import train_fail_hook
 from pipelines.errors import JobError
 from pipelines.io.manifest import prepare_rows, read_manifest
 from pipelines.io.storage import arrow_filesystem, join, write_bytes_atomic
@@ -160,8 +161,7 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
                                                 "ema_decay", "precision", "seed", "max_steps", "batch_size", "plain_mse",
                                                 "checkpoint_every", "validate_every", "log_every", "sampler_steps",
                                                 "output", "storage_options"}),
-                        cpus_per_worker=plan.cpus_per_worker, validate_ref=val_ref, fail_at=os.environ.get(loop.FAIL_AT_ENV),
-                        fail_marker=os.environ.get(loop.FAIL_MARKER_ENV))
+                        cpus_per_worker=plan.cpus_per_worker, validate_ref=val_ref, **train_fail_hook())
         trainer = TorchTrainer(
             loop.train_loop,
             train_loop_config=loop_cfg,

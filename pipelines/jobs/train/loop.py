@@ -17,10 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-# Test hook, read on the driver (workers' environment is fixed when Ray starts): the last worker
-# raises once at this step; the marker file records that it did.
-FAIL_AT_ENV = "HARMONY_TRAIN_FAIL_AT_STEP"
-FAIL_MARKER_ENV = "HARMONY_TRAIN_FAIL_MARKER"
 STATE = "state.pt"
 TRAINED = "trained"
 ROWS = "train_rows.parquet"

@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from pipelines.jobs.bench.job import bench_job
+from pipelines.devtools.bench.job import bench_job
 
 pytestmark = pytest.mark.pipeline
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipelines.jobs.demo.demo import build_demo_data, run_demo
+from pipelines.devtools.demo.demo import build_demo_data, run_demo
 
 pytestmark = pytest.mark.pipeline
 

@@ -14,7 +14,7 @@ RECIPE = Path(__file__).resolve().parents[3] / "configs" / "recipes" / "demo"
 
 def test_the_demo_recipe_runs_its_first_steps_through_the_vae(tmp_path, ray_local):
     pytest.importorskip("skimage")
-    from pipelines.jobs.recipe.runner import run_recipe
+    from pipelines.devtools.recipe.runner import run_recipe
 
     work = tmp_path / "work"
     caps = {"crops": 2, "holdout_crops": 1, "per_image": 1, "max_steps": 2, "validate_every": 2, "batch_size": 2}

@@ -40,7 +40,7 @@ def test_refiner_cache_built_once_then_reused_by_a_longer_rerun_that_survives_a_
     the cache back (no sampler: the cache's files are not rewritten), and one of its workers raises
     once at step 3 (test hook): it restarts from the step-2 checkpoint and ends at step 4 with every
     step recorded once, then exports."""
-    from pipelines.jobs.train import loop
+    from pipelines.core.test_hooks import TRAIN_FAIL_AT_ENV, TRAIN_FAIL_MARKER_ENV
     from pipelines.jobs.train.cache import MANIFEST, META
     from pipelines.jobs.train.driver import run_train
 
@@ -59,8 +59,8 @@ def test_refiner_cache_built_once_then_reused_by_a_longer_rerun_that_survives_a_
     assert res.summary["rows_skipped"] == 1
 
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv(loop.FAIL_AT_ENV, "3")
-    monkeypatch.setenv(loop.FAIL_MARKER_ENV, str(marker))
+    monkeypatch.setenv(TRAIN_FAIL_AT_ENV, "3")
+    monkeypatch.setenv(TRAIN_FAIL_MARKER_ENV, str(marker))
     res = run_train(_cfg("refiner", train_data, tiny_checkpoint, out, max_steps=4, **kw), echo=quiet)
     assert marker.exists(), "the test hook did not fire"
     assert res.summary["stage1_cache"]["reused"] is True and res.summary["rows_skipped"] == 1

@@ -33,8 +33,8 @@ def test_the_embedded_model_is_committed_small_and_described():
 def _held_out_cases(n: int = 4):
     """Composites of a photograph the model never saw in training (chelsea), ellipse masks, Lab shifts."""
     pytest.importorskip("skimage")
-    from pipelines.jobs.demo.scenes import composite_of
-    from pipelines.jobs.recipe.photos import load_photo, random_crops
+    from pipelines.devtools.demo.scenes import composite_of
+    from pipelines.devtools.recipe.photos import load_photo, random_crops
 
     rng = np.random.default_rng(123)
     photo = load_photo("chelsea")

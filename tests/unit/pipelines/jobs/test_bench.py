@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.jobs.bench.bench import count_flops, median_time, to_markdown
+from pipelines.devtools.bench.measure import count_flops, median_time
+from pipelines.devtools.bench.run import to_markdown
 
 
 def test_flops_are_counted_per_part_and_scale_with_pixels():
@@ -56,7 +57,7 @@ class FakeClock:
 def clock(monkeypatch):
     import types
 
-    from pipelines.jobs.bench import bench
+    from pipelines.devtools.bench import measure as bench
 
     def install(durations, sync_cost=0.0):
         c = FakeClock(durations, sync_cost)
@@ -99,7 +100,7 @@ def test_markdown_has_every_section():
 
 
 def test_timed_runs_times_the_first_call_apart_and_syncs_each(clock):
-    from pipelines.jobs.bench.bench import timed_runs
+    from pipelines.devtools.bench.measure import timed_runs
 
     c = clock([60.0, 2.0, 1.0, 3.0], sync_cost=0.5)  # a compiling first call, then three steady ones
     first, times = timed_runs(c.fn, repeats=3, sync=c.sync)
@@ -111,7 +112,7 @@ def test_timed_runs_times_the_first_call_apart_and_syncs_each(clock):
 
 
 def test_cpu_section_reports_every_step_per_size_and_format(tmp_path):
-    from pipelines.jobs.bench.cpu import FORMATS, STEPS, bench_cpu, cpu_markdown
+    from pipelines.devtools.bench.cpu import FORMATS, STEPS, bench_cpu, cpu_markdown
 
     r = bench_cpu(megapixels=(0.02, 0.05), repeats=2, work=tmp_path, echo=lambda m: None)
     rows = r["rows"]
@@ -138,7 +139,7 @@ def test_cpu_section_reports_every_step_per_size_and_format(tmp_path):
 def test_cpu_rows_score_the_pasted_output(tmp_path):
     """run_row goes through both stages: the metrics it returns are those of the image it wrote."""
     from harmony_ops.inputs import load_sample
-    from pipelines.jobs.bench.cpu import StepClock, make_inputs, run_row
+    from pipelines.devtools.bench.cpu import StepClock, make_inputs, run_row
     from pipelines.jobs.row_metrics import row_metrics
 
     paths = make_inputs(tmp_path, 160, 120, 0.2, kinds=("png",))["png"]
@@ -150,7 +151,7 @@ def test_cpu_rows_score_the_pasted_output(tmp_path):
 
 
 def test_cpu_section_runs_without_torch_or_ray(tmp_path):
-    code = ("import sys\nfrom pipelines.jobs.bench.bench import run_bench\n"
+    code = ("import sys\nfrom pipelines.devtools.bench.run import run_bench\n"
             f"run_bench(sections=('cpu',), cpu_megapixels=(0.02,), out={str(tmp_path)!r}, argv=['--sections', 'cpu'])\n"
             "loaded = sorted(m for m in ('torch', 'ray', 'diffusers') if m in sys.modules)\nassert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[4], timeout=300)
@@ -161,14 +162,14 @@ def test_cpu_section_runs_without_torch_or_ray(tmp_path):
 
 
 def test_unknown_section_is_refused(tmp_path):
-    from pipelines.jobs.bench.bench import run_bench
+    from pipelines.devtools.bench.run import run_bench
 
     with pytest.raises(ValueError, match="unknown section"):
         run_bench(sections=("cpu", "gpu"), out=str(tmp_path))
 
 
 def test_train_section_measures_both_tasks(tmp_path):
-    from pipelines.jobs.bench.bench import run_bench
+    from pipelines.devtools.bench.run import run_bench
 
     r = run_bench(arch="tiny", resolutions=(32,), batch_sizes=(1,), device="cpu", repeats=1, steps=1,
                   sections=("train",), out=str(tmp_path))
@@ -179,7 +180,7 @@ def test_train_section_measures_both_tasks(tmp_path):
 
 def test_bench_flags_reach_run_bench(monkeypatch):
     from pipelines.cli import main
-    from pipelines.jobs.bench import bench
+    from pipelines.devtools.bench import run as bench
 
     seen = {}
     monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw))

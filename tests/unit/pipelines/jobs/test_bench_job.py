@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from pipelines.jobs.bench.bench import make_images
-from pipelines.jobs.bench.job import SHIFT, job_markdown, loop
+from pipelines.devtools.bench.pipeline import make_images
+from pipelines.devtools.bench.job import SHIFT, job_markdown, loop
 
 
 def test_loop_shifts_only_the_foreground_of_every_row(tmp_path):

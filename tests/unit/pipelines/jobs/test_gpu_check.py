@@ -1,4 +1,4 @@
-"""The GPU check (bench/gpu-check.sh, pipelines.jobs.bench.gpu_check) on the CPU: its grid, its budget
+"""The GPU check (bench/gpu-check.sh, pipelines.devtools.gpu_check) on the CPU: its grid, its budget
 guard, its outputs, and that the model and train sections run where Ray, pandera, s3fs and pydantic are
 absent (as on the lent GPU machine). No figure is asserted: these check the logic a device run depends on."""
 
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.jobs.bench.bench import ModelOptions, TunedModels, build_engine, run_bench
-from pipelines.jobs.bench.gpu_check import TrainConfig, main, plan_grid, plan_train, what_paid
+from pipelines.devtools.bench.model import ModelOptions, TunedModels, build_engine
+from pipelines.devtools.bench.run import run_bench
+from pipelines.devtools.gpu_check import TrainConfig, main, plan_grid, plan_train, what_paid
 
 ROOT = Path(__file__).resolve().parents[4]
 # Absent on the GPU machine's image (KINDS.md): the model section must not import them.
@@ -180,7 +181,7 @@ def test_the_budget_guard_skips_rows_that_would_not_fit_and_still_writes_them(tm
 
 
 def test_a_run_stopped_midway_keeps_the_rows_done(tmp_path, monkeypatch):
-    from pipelines.jobs.bench import gpu_check
+    from pipelines.devtools import gpu_check
 
     real, calls, seen = gpu_check.model_row, [], {}
     out = tmp_path / "out"
@@ -209,7 +210,7 @@ def test_a_run_stopped_midway_keeps_the_rows_done(tmp_path, monkeypatch):
 def test_a_row_that_fails_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     import torch
 
-    from pipelines.jobs.bench import gpu_check
+    from pipelines.devtools import gpu_check
 
     real = gpu_check.model_row
 
@@ -260,7 +261,7 @@ def test_the_train_section_has_its_share_of_the_budget(tmp_path):
 
 
 def test_a_train_row_estimated_past_the_budget_is_skipped_and_a_stop_keeps_the_rows_done(tmp_path, monkeypatch):
-    from pipelines.jobs.bench import gpu_check
+    from pipelines.devtools import gpu_check
 
     # An assumed rate so low that no row fits: skipped with its estimate, before any model is built.
     assert main(TRAIN + ["--out", str(tmp_path / "a"), "--budget-s", "60", "--assumed-tflops", "1e-12"]) == 0

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import JobError
-from pipelines.jobs.recipe.photos import check_split, random_crops, write_photo_sets
-from pipelines.jobs.recipe.runner import load_steps, parse_caps, run_recipe
+from pipelines.devtools.recipe.photos import check_split, random_crops, write_photo_sets
+from pipelines.devtools.recipe.runner import load_steps, parse_caps, run_recipe
 
 
 def test_split_refuses_a_photo_or_a_view_of_the_same_scene_on_both_sides():
@@ -112,7 +112,7 @@ SCORES = {"composite": {"fmse": 1000.0, "mse": 250.0, "psnr": 26.0, "rows": 4},
 
 
 def test_goals_compare_with_the_baseline_the_composite_and_stage1():
-    from pipelines.jobs.recipe.card import goals
+    from pipelines.devtools.recipe.card import goals
 
     met = {g: ok for g, ok, _ in goals(SCORES)}
     assert met == {"fMSE below the baseline engine's": False, "fMSE at most 0.6x the composite's": True,
@@ -121,7 +121,7 @@ def test_goals_compare_with_the_baseline_the_composite_and_stage1():
 
 
 def test_install_copies_weights_declares_sizes_and_writes_the_card(tiny_checkpoint, tmp_path):
-    from pipelines.jobs.recipe.card import install_model
+    from pipelines.devtools.recipe.card import install_model
 
     log = {"recipe": "configs/recipes/demo", "commit": "x", "machine": "test",
            "steps": {"01-photos": {"run": "photos", "seconds": 1.0,

@@ -61,7 +61,7 @@ def bench_photo(width: int, height: int, rng: np.random.Generator) -> np.ndarray
     """A photograph-like uint8 image: a bundled photo upscaled, plus fine noise (as a sensor adds)."""
     from PIL import Image
 
-    from pipelines.jobs.demo.scenes import sample_photos
+    from pipelines.devtools.demo.scenes import sample_photos
 
     _, photo = next(iter(sample_photos()))
     img = np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)

@@ -61,11 +61,11 @@ def _timed_subprocess(argv: list[str], log: Path) -> float:
 
 
 def bench_job(rows: int, size: int, work: Path, echo=print) -> dict[str, Any]:
-    from pipelines.jobs.bench.bench import make_images
+    from pipelines.devtools.bench.pipeline import make_images
 
     work.mkdir(parents=True, exist_ok=True)
     manifest = make_images(work / "data", rows, size, with_real=True)
-    me = [sys.executable, "-c", "import sys; from pathlib import Path; from pipelines.jobs.bench.job import loop; "
+    me = [sys.executable, "-c", "import sys; from pathlib import Path; from pipelines.devtools.bench.job import loop; "
           "loop(Path(sys.argv[1]), Path(sys.argv[2]), None if sys.argv[3] == 'default' else int(sys.argv[3]))"]
     result: dict[str, Any] = {"rows": rows, "size": size}
     for label, level in (("default", "default"), ("level1", "1")):

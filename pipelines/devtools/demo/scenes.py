@@ -21,7 +21,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "r
 
 def sample_photos(size: int | None = None):
     """(name, uint8 RGB) of scikit-image's bundled photographs, optionally resized to size x size."""
-    from pipelines.jobs.recipe.photos import load_photo
+    from pipelines.devtools.recipe.photos import load_photo
 
     for name in PHOTOS:
         img = load_photo(name)

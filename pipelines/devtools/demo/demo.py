@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.jobs.demo.scenes import composite_of, sample_photos, write_scenes
+from pipelines.devtools.demo.scenes import composite_of, sample_photos, write_scenes
 
 # One foreground size per bucket of the paper's tables, cycled over the photos.
 FG_RATIOS = (0.03, 0.10, 0.25, 0.02, 0.40, 0.08)

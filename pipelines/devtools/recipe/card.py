@@ -3,6 +3,8 @@ baseline engine on held-out composites, then install its weights with a model ca
 
 from __future__ import annotations
 
+import subprocess
+
 import json
 import shutil
 from pathlib import Path
@@ -154,7 +156,6 @@ def install_model(cfg: dict, log: dict, echo=print) -> dict:
             shutil.copy2(p, dest / p.relative_to(src))
     index_path = dest / "model_index.json"
     index = json.loads(index_path.read_text())
-    from pipelines.jobs.recipe.runner import code_commit
 
     # The commit at install time: the code that trained is that commit's if the tree was clean throughout.
     log = {**log, "commit": code_commit()}
@@ -179,3 +180,17 @@ def install_model(cfg: dict, log: dict, echo=print) -> dict:
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     echo(f"install: {dest} ({size / 1e6:.1f} MB)")
     return {"dest": str(dest), "bytes": size}
+
+
+def code_commit() -> str:
+    """The commit of the code that runs, "+changes" when its code or recipes differ from it."""
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "harmony_ops/*.py", "harmony_ops/training",
+                                "pipelines", "schemas", "configs"], capture_output=True, text=True,
+                               cwd=here.parents[2], check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")

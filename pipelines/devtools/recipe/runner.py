@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
+
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from pipelines.errors import JobError
+from pipelines.devtools.recipe.card import code_commit
 
 KINDS = ("photos", "synthesize", "make-checkpoint", "train", "evaluate", "install")
 
@@ -60,25 +61,11 @@ def load_steps(folder: str | Path) -> list[tuple[str, dict]]:
     return steps
 
 
-def code_commit() -> str:
-    """The commit of the code that runs, "+changes" when its code or recipes differ from it."""
-    here = Path(__file__).parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "harmony_ops/*.py", "harmony_ops/training",
-                                "pipelines", "schemas", "configs"], capture_output=True, text=True,
-                               cwd=here.parents[2], check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+changes" if dirty else "")
-
-
 def _run_step(kind: str, cfg: dict, log: dict, echo) -> dict:
     from pipelines.config import SynthesizeJobConfig, TrainJobConfig, build
 
     if kind == "photos":
-        from pipelines.jobs.recipe.photos import write_photo_sets
+        from pipelines.devtools.recipe.photos import write_photo_sets
 
         return write_photo_sets(**cfg)
     if kind == "synthesize":
@@ -99,10 +86,10 @@ def _run_step(kind: str, cfg: dict, log: dict, echo) -> dict:
         s = r.summary
         return {k: s.get(k) for k in ("task", "steps", "final_loss", "validation", "model", "wall_seconds")}
     if kind == "evaluate":
-        from pipelines.jobs.recipe.card import evaluate_variants
+        from pipelines.devtools.recipe.card import evaluate_variants
 
         return evaluate_variants(cfg, echo=echo)
-    from pipelines.jobs.recipe.card import install_model
+    from pipelines.devtools.recipe.card import install_model
 
     return install_model(cfg, log, echo=echo)
 

@@ -36,7 +36,7 @@ def _train_flops_cached(arch: str, resolution: int, steps: int) -> tuple[tuple[s
 
     from harmony_ops.factory import REFINER_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
     from harmony_ops.refiner import UNet2DCustom
-    from pipelines.jobs.bench.bench import flops_per_image
+    from pipelines.devtools.bench.measure import flops_per_image
 
     def fwd_bwd(model, *inputs, **kwargs) -> float:
         with FlopCounterMode(display=False) as fc:

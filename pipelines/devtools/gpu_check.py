@@ -14,7 +14,7 @@ The grid, most important figures first, so that a stop at the time limit still l
 5. torch.compile of the UNet at the largest batch of each size (compile time reported apart): last but
    one, as each compile costs a minute or two on an H100-class GPU, the rest of the grid seconds;
 6. compile + channels-last, largest batch of the first size.
-The train section (pipelines/jobs/bench/train.py, model-level, no Ray) follows: one optimisation step of
+The train section (pipelines/devtools/bench/train.py, model-level, no Ray) follows: one optimisation step of
 stage 1 (online VAE encodes) and of the refiner (its frozen stage-1 sampler included), bf16 autocast as
 `harmony train` runs on a GPU, at every train size and batch; then fp32 at the largest batch of the first
 size. It has `--train-share` of the budget to itself: the model section stops planning rows at
@@ -39,19 +39,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipelines.jobs.bench.bench import (
-    _f,
-    SECTIONS_NOT_YET,
-    ModelOptions,
-    TunedModels,
-    build_engine,
-    flops_per_image,
-    machine,
-    matmul_tflops,
-    model_row,
-    peak_tflops,
-)
-from pipelines.jobs.bench.train import TRAIN_TASKS, TrainModels, train_flops_per_sample, train_row
+from pipelines.devtools.bench.measure import SECTIONS_NOT_YET, _f, flops_per_image, machine, matmul_tflops, peak_tflops
+from pipelines.devtools.bench.model import ModelOptions, TunedModels, build_engine, model_row
+from pipelines.devtools.bench.train import TRAIN_TASKS, TrainModels, train_flops_per_sample, train_row
 
 # The sections of `harmony bench` this check runs on the bare GPU machine, in this order.
 SECTIONS = ("model", "train")
@@ -237,7 +227,7 @@ def _budgets(doc: dict) -> str:
 
 
 def train_lines(doc: dict, rows: list[dict]) -> list[str]:
-    """The train section's table: one optimisation step per row (see pipelines/jobs/bench/train.py)."""
+    """The train section's table: one optimisation step per row (see pipelines/devtools/bench/train.py)."""
     peak = doc.get("peak", {})
     lines = ["#### Training: one worker, one optimisation step (loss, backward, clip, AdamW)", "",
              f"Per row, one warm-up step then the median of {doc['repeats']} timed steps; fp32 master weights, the "
@@ -398,7 +388,7 @@ def _train_header(cfg: TrainConfig) -> dict:
 
 def run_train_section(a: argparse.Namespace, rec: Recorder, plan: list[TrainConfig], start: float, info,
                       budget_s: float) -> None:
-    """Training steps (pipelines/jobs/bench/train.py) row by row, each skipped when its estimated time
+    """Training steps (pipelines/devtools/bench/train.py) row by row, each skipped when its estimated time
     (warm-up and timed steps at the slowest rate seen for its precision, else the assumed rate) exceeds
     what is left until `budget_s`."""
     import torch
@@ -445,7 +435,7 @@ def run_train_section(a: argparse.Namespace, rec: Recorder, plan: list[TrainConf
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.jobs.bench.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.devtools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="the same grid on the CPU with the tiny architecture, in seconds")
     p.add_argument("--arch", choices=["tiny", "sd15-inpaint"])
     p.add_argument("--device", help="cuda (default), cpu with --dry-run")
@@ -500,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # in-place dtype casts of random-weight models warn once per cast
-    command = "python -m pipelines.jobs.bench.gpu_check " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    command = "python -m pipelines.devtools.gpu_check " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     doc: dict[str, Any] = {
         "command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "arch": a.arch, "steps": a.steps,
         "repeats": a.repeats, "budget_s": a.budget_s, "complete": False, "machine": {"device": a.device},
