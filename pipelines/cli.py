@@ -59,7 +59,8 @@ def _model_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_image(a: argparse.Namespace) -> int:
-    from pipelines.config import ImageJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.image.config import ImageJobConfig
     from pipelines.jobs.image.job import run_image
 
     flags = _model_overrides(a)
@@ -101,7 +102,8 @@ def _harmonize_flags(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_harmonize(a: argparse.Namespace) -> int:
-    from pipelines.config import HarmonizeJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     cfg = build(HarmonizeJobConfig, a.config, _harmonize_flags(a))
@@ -109,7 +111,8 @@ def cmd_harmonize(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from pipelines.config import EvaluateJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.evaluate.config import EvaluateJobConfig
     from pipelines.jobs.evaluate.job import run_evaluate
     from pipelines.io.storage import parse_storage_options
 
@@ -131,7 +134,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
-    from pipelines.config import SynthesizeJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
     from pipelines.io.storage import parse_storage_options
     from pipelines.jobs.synthesize.job import run_synthesize
 
@@ -228,7 +232,8 @@ def _train_flags(a: argparse.Namespace) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from pipelines.config import TrainJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.train.config import TrainJobConfig
     from pipelines.jobs.train.driver import run_train
 
     cfg = build(TrainJobConfig, a.config, _train_flags(a))

@@ -105,8 +105,3 @@ class VAEObjective(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         return vae_loss(self.vae, images, generator, self.kl_weight)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return (images / 2 + 0.5).clamp(0, 1)

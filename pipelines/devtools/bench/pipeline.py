@@ -97,7 +97,8 @@ def reference_loop_seconds(engine, folder: Path, n: int, batch: int, res: int, o
 def pipeline_seconds(ckpt: Path, manifest: Path, out: Path, res: int, batch: int, actors: int, device: str,
                      dtype: str, steps: int) -> tuple[float, dict]:
     """Wall time of `harmony harmonize` (warm Ray workers, model load included) and its summary."""
-    from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
+    from pipelines.config import ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     cpus = os.cpu_count() or 2

@@ -31,7 +31,8 @@ def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
 
 def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8,
              engine: str | None = None) -> int:
-    from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig
+    from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     out = Path(output).resolve()
@@ -62,7 +63,7 @@ def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from pipelines.config import HarmonizeJobConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     # Fake credentials for the embedded server, passed explicitly: Ray workers that already run

@@ -47,7 +47,8 @@ def summarise(metrics: pd.DataFrame, prefix: str = "") -> dict:
 def evaluate_variants(cfg: dict, echo=print) -> dict:
     """Harmonize the held-out manifest with each variant (harmony harmonize, ground truth given)
     and return {composite, baseline, stage1, stage1+refiner: {fmse, mse, psnr, rows}}."""
-    from pipelines.config import HarmonizeJobConfig, ResolutionConfig
+    from pipelines.config import ResolutionConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.io.tables import METRICS_FILE
     from pipelines.jobs.harmonize.job import run_harmonize
 

@@ -62,7 +62,9 @@ def load_steps(folder: str | Path) -> list[tuple[str, dict]]:
 
 
 def _run_step(kind: str, cfg: dict, log: dict, echo) -> dict:
-    from pipelines.config import SynthesizeJobConfig, TrainJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
+    from pipelines.jobs.train.config import TrainJobConfig
 
     if kind == "photos":
         from pipelines.devtools.recipe.photos import write_photo_sets

@@ -16,7 +16,7 @@ import posixpath
 import numpy as np
 import pandas as pd
 
-from pipelines.config import EvaluateJobConfig
+from pipelines.jobs.evaluate.config import EvaluateJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError
 from pipelines.io.manifest import load_rows

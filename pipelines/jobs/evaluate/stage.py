@@ -19,7 +19,7 @@ from harmony_ops.worker import setup_cpu_worker
 
 from schemas.metrics import COMPARE_METRICS
 
-from pipelines.config import EvaluateJobConfig
+from pipelines.jobs.evaluate.config import EvaluateJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
 from pipelines.jobs.row_metrics import ROW_METRICS, gt_columns, protocol_columns, row_metrics

@@ -12,7 +12,7 @@ from harmony_ops.inputs import load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
 from harmony_ops.worker import setup_cpu_worker
-from pipelines.config import HarmonizeJobConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
 from schemas.vocabulary import ErrorKind

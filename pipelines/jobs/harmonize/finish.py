@@ -13,7 +13,7 @@ from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
 from harmony_ops.worker import setup_cpu_worker
-from pipelines.config import HarmonizeJobConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
 from pipelines.jobs.harmonize.decode import ENCODED

@@ -17,7 +17,7 @@ import sys
 import pandas as pd
 
 from harmony_ops.defaults import model_label
-from pipelines.config import HarmonizeJobConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.core.stage import PoolConfig
 from pipelines.errors import JobError
@@ -36,20 +36,19 @@ from schemas.vocabulary import DONE, Status
 log = logging.getLogger(__name__)
 
 
-def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool]:
-    """(model id, engine needs inference resize); checks every checkpoint part before Ray starts, and
-    adopts the inference class sizes the model declares unless the configuration sets them."""
+def model_identity(cfg: HarmonizeJobConfig) -> tuple[str, bool, tuple[int, int] | None]:
+    """(model id, engine needs inference resize, the inference class sizes the model declares); checks
+    every checkpoint part before Ray starts."""
     m = cfg.model
     if m.engine == "baseline":
         from harmony_ops.defaults import BASELINE_MODEL_ID
 
-        return BASELINE_MODEL_ID, False
+        return BASELINE_MODEL_ID, False, None
     from harmony_ops.checkpoints import resolve_checkpoint
 
     check_checkpoint_sources(cfg)
     ckpt = resolve_checkpoint(m.model, m.unet, m.vae, m.refiner, cfg.storage_options, m.allow_pickle, m.harmony_vae, m.decoder)
-    cfg.resolution.adopt_class_sizes(ckpt.class_sizes)
-    return ckpt.model_id, True
+    return ckpt.model_id, True, ckpt.class_sizes
 
 
 def check_checkpoint_sources(cfg: HarmonizeJobConfig) -> None:
@@ -144,9 +143,12 @@ def run_harmonize(cfg: HarmonizeJobConfig, echo=print) -> JobResult:
 def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     rows = load_rows(cfg, cfg.image_format, cfg.seed)
     try:
-        model_id, needs_resize = model_identity(cfg)
+        model_id, needs_resize, class_sizes = model_identity(cfg)
     except Exception as exc:  # noqa: BLE001 - CheckpointError and storage errors alike stop the job
         raise JobError(str(exc)) from exc
+    # The model's inference sizes, unless the configuration sets them: they go into the config key and
+    # the stages, so the job's configuration from here on is the adopted one.
+    cfg = run.cfg = cfg.model_copy(update={"resolution": cfg.resolution.adopted(class_sizes)})
     key = config_key(cfg, model_id)
     run.claim()  # one run per output prefix: before earlier results are read, anything is written or Ray starts
 

@@ -14,7 +14,7 @@ from harmony_ops.inputs import load_sample
 from harmony_ops.loader import load_engine
 from harmony_ops.metrics import no_reference_metrics
 
-from pipelines.config import ImageJobConfig
+from pipelines.jobs.image.config import ImageJobConfig
 from pipelines.io.storage import read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def run_image(cfg: ImageJobConfig) -> ImageResult:
     t0 = time.perf_counter()
     engine = load_engine(cfg.model.engine, **cfg.model.engine_kwargs(opts))
     seconds = {"load": time.perf_counter() - t0}
-    cfg.resolution.adopt_class_sizes(engine.class_sizes)
-    item = prepare(sample.composite, sample.mask, cfg.resolution.policy(), resize=engine.needs_resize)
+    resolution = cfg.resolution.adopted(engine.class_sizes)
+    item = prepare(sample.composite, sample.mask, resolution.policy(), resize=engine.needs_resize)
     result = engine.run([item], [cfg.seed])
     seconds.update(result.seconds)
     out = finish(sample.composite, sample.mask, item.plan.region, result.regions[0], feather=cfg.resolution.feather)

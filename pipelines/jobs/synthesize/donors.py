@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harmony_ops.perturb import DonorPool, fg_lab_stats
-from pipelines.config import SynthesizeJobConfig
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage
 from pipelines.jobs.synthesize.sources import input_columns, input_problem, load_source, sample_mask
 

@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from harmony_ops.perturb import DonorPool, normalise_weights
-from pipelines.config import SynthesizeJobConfig
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.core.adapter import apply_stages
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError, ManifestError

@@ -12,7 +12,7 @@ from harmony_ops.imageio import ImageError, apply_orientation, decode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.masks import random_mask
 from harmony_ops.perturb import rng_for
-from pipelines.config import SynthesizeJobConfig
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.io.access import policy_for
 from pipelines.io.manifest import manifest_dir, resolve_uri
 from pipelines.io.storage import is_uri, read_with_retries

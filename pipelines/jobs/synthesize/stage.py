@@ -21,7 +21,7 @@ from harmony_ops.color import delta_e76, rgb_to_lab
 from harmony_ops.imageio import ImageError, decode_image, encode_image
 from harmony_ops.metrics import evaluate_arrays
 from harmony_ops.perturb import DonorPool, LabStats, draw_kind, filter_reason, perturb, rng_for
-from pipelines.config import SynthesizeJobConfig
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.core.failures import classify
 from pipelines.core.stage import PoolConfig, Stage
 from pipelines.io.manifest import manifest_dir, resolve_uri
@@ -205,7 +205,7 @@ class InverseSynthesizeStage(SynthesizeStage):
     composite_ext = "png"
 
     def setup(self) -> None:
-        from pipelines.jobs.harmonize.model import load_actor_engine
+        from pipelines.core.engine import load_actor_engine
 
         self.engine = load_actor_engine(self.cfg.model, self.pool, self.cfg.storage_options)
 

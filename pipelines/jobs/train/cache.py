@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipelines.config import TrainJobConfig
+from pipelines.jobs.train.config import TrainJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, set_values
 from pipelines.io.storage import filesystem, join, read_bytes, write_bytes_atomic, write_with_retries
 from schemas.vocabulary import ErrorKind
@@ -53,13 +53,12 @@ class Stage1CacheStage(Stage):
         import torch
 
         from harmony_ops.sampler import DiffHarmonySampler
-        from pipelines.jobs.train.loop import _models
+        from harmony_ops.training.objectives import load_train_models
 
         device = torch.device("cuda" if torch.cuda.is_available() and (self.pool.num_gpus or 0) > 0 else "cpu")
         # The same frozen stage 1 as the online path: --init's UNet, VAE and null text, Euler-A, no Harmony-VAE.
-        unet, vae, null, sched, _, _ = _models(dict(self.cfg.model_dump(include={"init", "storage_options"}),
-                                                    task="stage1"), device)
-        self.sampler = DiffHarmonySampler(unet.eval(), vae, sched, null, "euler_a")
+        m = load_train_models(self.cfg.init, device, self.cfg.storage_options)
+        self.sampler = DiffHarmonySampler(m.unet.eval(), m.vae, m.scheduler_config, m.null, "euler_a")
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         from harmony_ops.imageio import encode_image

@@ -11,7 +11,7 @@ import pandas as pd
 from harmony_ops.inputs import load_sample
 from harmony_ops.imageio import decode_image
 from harmony_ops.training.augment import augment, augment_many
-from pipelines.config import TrainJobConfig
+from pipelines.jobs.train.config import TrainJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import read_with_retries
 from schemas.vocabulary import ErrorKind

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import TrainJobConfig
+from pipelines.jobs.train.config import TrainJobConfig
 from pipelines.core.console import progress_of
 from pipelines.core.resources import TrainPlan, await_resources, plan_train
 from pipelines.core.run import JobResult, JobRun
@@ -73,7 +73,7 @@ def _plan(cfg: TrainJobConfig, echo) -> TrainPlan:
 
 
 @contextlib.contextmanager
-def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: dict):
+def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: loop.LoopConfig):
     """Rank 0's step reports (a Ray queue) shown by the driver's console while training runs."""
     progress = progress_of(echo, "harmony train", cfg.max_steps, unit="steps")
     if progress is None:
@@ -82,7 +82,7 @@ def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: dict):
     from ray.util.queue import Empty, Queue
 
     queue, stop = Queue(actor_options={"num_cpus": 0}), threading.Event()
-    loop_cfg["progress"] = queue
+    loop_cfg.progress = queue
 
     def feed():
         while not stop.is_set():
@@ -157,14 +157,11 @@ def run_train(cfg: TrainJobConfig, echo=print) -> JobResult:
             val_ref, n_val = (ray.put(val) if len(val) else None), len(val)
         plan = _plan(cfg, echo)
         fs, path = arrow_filesystem(join(cfg.output, "checkpoints"), cfg.storage_options)
-        loop_cfg = dict(cfg.model_dump(include={"task", "init", "resolution", "lr", "weight_decay", "warmup_steps", "ema",
-                                                "ema_decay", "precision", "seed", "max_steps", "batch_size", "plain_mse",
-                                                "checkpoint_every", "validate_every", "log_every", "sampler_steps",
-                                                "output", "storage_options"}),
-                        cpus_per_worker=plan.cpus_per_worker, validate_ref=val_ref, **train_fail_hook())
+        loop_cfg = loop.LoopConfig(job=cfg, cpus_per_worker=plan.cpus_per_worker, validate_ref=val_ref,
+                                   **train_fail_hook())
         trainer = TorchTrainer(
             loop.train_loop,
-            train_loop_config=loop_cfg,
+            train_loop_config={"cfg": loop_cfg},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                          resources_per_worker={"CPU": plan.cpus_per_worker,
                                                                **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}),

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from pipelines.config import HarmonizeJobConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.jobs.harmonize.job import run_harmonize
 from tests.pipeline.jobs.slow_job import slow_job
 from tests.pipeline.jobs.test_harmonize import quiet

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolsConfig, ResolutionConfig
+from pipelines.config import ModelConfig, PoolsConfig, ResolutionConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import filesystem

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.config import HarmonizeJobConfig, ModelConfig
+from pipelines.config import ModelConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.adapter import apply_stages
 from pipelines.jobs.harmonize.decode import DecodeStage
 from pipelines.jobs.harmonize.finish import FinishStage

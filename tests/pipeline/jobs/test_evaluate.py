@@ -17,7 +17,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from pipelines.cli import main as cli_main
-from pipelines.config import EvaluateJobConfig, HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig
+from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
+from pipelines.jobs.evaluate.config import EvaluateJobConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.errors import JobError
 from pipelines.jobs.evaluate.job import candidate_names, list_predictions, match_prediction, run_evaluate
 from pipelines.jobs.harmonize.job import run_harmonize

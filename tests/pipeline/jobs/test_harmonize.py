@@ -13,7 +13,8 @@ from PIL import Image
 
 from harmony_ops.inputs import load_sample
 from pipelines.cli import main as cli_main
-from pipelines.config import HarmonizeJobConfig, ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
+from pipelines.config import ModelConfig, PoolConfig, PoolsConfig, ResolutionConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.io.storage import arrow_filesystem, filesystem
 from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, Metrics

@@ -11,7 +11,7 @@ from PIL import Image
 from harmony_ops.convert import convert_weights
 from harmony_ops.factory import write_archive
 from pipelines.cli import main
-from pipelines.config import SynthesizeJobConfig
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.core.adapter import run_batch
 from pipelines.io.manifest import read_manifest
 from pipelines.jobs.synthesize.stage import InverseSynthesizeStage

@@ -18,7 +18,8 @@ from PIL import Image
 from harmony_ops.metrics import evaluate_arrays
 from harmony_ops.perturb import KINDS
 from pipelines.cli import build_parser, main
-from pipelines.config import PoolConfig, SynthesizeJobConfig, build
+from pipelines.config import PoolConfig, build
+from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 from pipelines.errors import ConfigError
 from pipelines.io.iharmony4 import names_for
 from pipelines.io.manifest import prepare_rows, read_manifest

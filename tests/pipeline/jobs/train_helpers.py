@@ -18,7 +18,7 @@ def quiet(*a, **k):
 
 
 def _cfg(task, data, init, out, **kw):
-    from pipelines.config import TrainJobConfig
+    from pipelines.jobs.train.config import TrainJobConfig
 
     base = dict(task=task, data=str(data / "train.parquet"), init=str(init), output=str(out), workers=2,
                 cpus_per_worker=0.5, batch_size=2, resolution=SIDE, max_steps=2, checkpoint_every=2, log_every=1,

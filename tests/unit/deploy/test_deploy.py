@@ -26,7 +26,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from pipelines.cli import _harmonize_flags, _train_flags, build_parser
-from pipelines.config import HarmonizeJobConfig, TrainJobConfig, build
+from pipelines.config import build
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
+from pipelines.jobs.train.config import TrainJobConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"

@@ -83,7 +83,8 @@ def test_opencv_threads_follow_the_cpu_share(num_cpus, threads):
 
 def test_cpu_stages_set_their_worker_up(monkeypatch):
     """decode, finish and evaluate call setup_cpu_worker with their pool's CPU share."""
-    from pipelines.config import EvaluateJobConfig, HarmonizeJobConfig
+    from pipelines.jobs.evaluate.config import EvaluateJobConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.core.stage import PoolConfig
     from pipelines.jobs.evaluate import stage as evaluate_stage
     from pipelines.jobs.harmonize import decode, finish

@@ -8,17 +8,9 @@ import pytest
 
 from harmony_ops.engines import DEFAULT_REFINE_MAX_PIXELS
 from harmony_ops.resolution import ResolutionPolicy
-from pipelines.config import (
-    ConfigError,
-    HarmonizeJobConfig,
-    ImageJobConfig,
-    ModelConfig,
-    PoolConfig,
-    ResolutionConfig,
-    build,
-    deep_merge,
-    load_yaml,
-)
+from pipelines.config import ConfigError, ModelConfig, PoolConfig, ResolutionConfig, build, deep_merge, load_yaml
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
+from pipelines.jobs.image.config import ImageJobConfig
 
 IMAGE_FLAGS = {"composite": "c.png", "mask": "m.png", "output": "o.png"}
 JOB_FLAGS = {"manifest": "m.csv", "output": "out/"}
@@ -241,7 +233,7 @@ def test_baseline_engine_stays_available_without_model():
 
 
 def test_inverse_synthesis_never_falls_back_to_the_embedded_stage1_model():
-    from pipelines.config import SynthesizeJobConfig
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
 
     with pytest.raises(ConfigError, match="inverse model"):
         build(SynthesizeJobConfig, None, {"manifest": "m.csv", "output": "o", "method": "inverse"})

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from harmony_ops.checkpoints import CheckpointError, resolve_checkpoint
 from harmony_ops.loader import load_diffharmony
 from harmony_ops.masks import ellipse
-from pipelines.config import HarmonizeJobConfig, ModelConfig
+from pipelines.config import ModelConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.core.adapter import run_batch

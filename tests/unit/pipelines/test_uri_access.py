@@ -148,7 +148,10 @@ def test_the_report_reads_no_invalid_row(tmp_path):
 
 @pytest.mark.parametrize("job", ["harmonize", "evaluate", "synthesize"])
 def test_allow_uri_comes_from_yaml_or_flags_and_bad_prefixes_name_the_field(tmp_path, job):
-    from pipelines.config import EvaluateJobConfig, HarmonizeJobConfig, SynthesizeJobConfig, build
+    from pipelines.config import build
+    from pipelines.jobs.evaluate.config import EvaluateJobConfig
+    from pipelines.jobs.harmonize.config import HarmonizeJobConfig
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
     from pipelines.errors import ConfigError
 
     cls = {"harmonize": HarmonizeJobConfig, "evaluate": EvaluateJobConfig, "synthesize": SynthesizeJobConfig}[job]

@@ -131,7 +131,7 @@ def test_baseline_model_actor_never_imports_torch():
     # A fresh Ray worker pays ~10 s of CPU to import torch and diffusers; a baseline actor needs neither.
     code = ("import sys\n"
             "from pipelines.config import ModelConfig, PoolConfig\n"
-            "from pipelines.jobs.harmonize.model import _peak_memory_mib, load_actor_engine\n"
+            "from pipelines.core.engine import load_actor_engine, peak_memory_mib as _peak_memory_mib\n"
             "engine = load_actor_engine(ModelConfig(engine='baseline'), PoolConfig(num_cpus=0.5), None)\n"
             "host, device = _peak_memory_mib()\n"
             "print(engine.name, device, [m for m in ('torch', 'diffusers') if m in sys.modules])")

@@ -11,7 +11,8 @@ import torch
 import pipelines.jobs.harmonize.model as stages
 from harmony_ops.engines import RunResult
 from harmony_ops.masks import ellipse
-from pipelines.config import HarmonizeJobConfig, ModelConfig
+from pipelines.config import ModelConfig
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.adapter import bind
 from pipelines.jobs.harmonize.decode import DecodeStage
 from pipelines.jobs.harmonize.finish import FinishStage
@@ -76,7 +77,7 @@ def model_stage(tmp_path, engine):
 @pytest.fixture
 def freed(monkeypatch):
     calls = []
-    monkeypatch.setattr(stages, "_free_device_memory", lambda: calls.append(1))
+    monkeypatch.setattr(stages, "free_device_memory", lambda: calls.append(1))
     return calls
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.scenes import make_scene
 from pipelines.report import svg as svg_plots
-from pipelines.config import EvaluateJobConfig
+from pipelines.jobs.evaluate.config import EvaluateJobConfig
 from pipelines.core.adapter import run_batch
 from pipelines.jobs.evaluate.stage import EvaluateStage
 from pipelines.report.html import (

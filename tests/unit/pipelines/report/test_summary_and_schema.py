@@ -9,7 +9,8 @@ import pandera.pandas as pa
 import pytest
 
 from pipelines.cli import _harmonize_flags, build_parser
-from pipelines.config import HarmonizeJobConfig, ModelConfig, build
+from pipelines.config import ModelConfig, build
+from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.jobs.harmonize.job import config_key
 from pipelines.core.run import JobRun
 from pipelines.report.summary import aggregate, build_summary, headline

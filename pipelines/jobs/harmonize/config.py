@@ -1,0 +1,26 @@
+"""`harmony harmonize`: its configuration."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config import JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig
+
+
+class HarmonizeJobConfig(JobConfig):
+    """`harmony harmonize`: a manifest of composites to harmonized images and metric tables."""
+
+    block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")
+    manifest: Location = Field(description="manifest URI (parquet, csv or jsonl)")
+    output: Location = Field(description="output prefix URI: images/, metrics/, summary.json are written under it")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
+    pools: PoolsConfig = Field(default_factory=PoolsConfig)
+    seed: int = Field(0, description="job seed; each row's noise seed is derived from it and the row id")
+    image_format: Literal["png", "jpg", "webp"] = Field("png", description="format of images/{id}.{ext}")
+    resume: bool = Field(True, description="skip rows already done with the same configuration")
+    max_failed_fraction: float | None = Field(
+        None, ge=0, le=1, description="exit non-zero when more than this fraction of rows failed or were invalid"
+    )
