@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from typing import Any
@@ -295,16 +296,39 @@ def _force_flag(p: argparse.ArgumentParser) -> None:
                    help="take over the output prefix's lease even when another run holds it (that run then stops)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with the closest known flag named when one is mistyped (Python 3.11's argparse names none)."""
+
+    def unknown(self, extras: list[str]) -> None:
+        known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        hints = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag.startswith("-") else []
+            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+        self.error("unrecognized arguments: " + ", ".join(hints))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("harmony")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harmony", description="Image harmonization with DiffHarmony, from one image to a Ray cluster.")
+    p = Parser(prog="harmony", description="Image harmonization with DiffHarmony, from one image to a Ray cluster.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"harmony {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("image", help="harmonize one composite with its mask")
-    s.add_argument("composite")
-    s.add_argument("mask")
+    s.add_argument("composite", help="the composite image: local path or URI (png, jpg, webp)")
+    s.add_argument("mask", help="its foreground mask (white = foreground), same size as the composite")
     s.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp)")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=int, help="seed of this image's noise (default 0): the same seed gives the same output")
     s.add_argument("--config", help="YAML file with the same fields (flags win)")
     _model_flags(s)
     s.set_defaults(func=cmd_image)
@@ -317,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, help="rows per model batch")
     s.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor (fractions share a GPU)")
     s.add_argument("--actors", help="model actors: N or MIN,MAX (autoscaling)")
-    s.add_argument("--image-format", choices=["png", "jpg", "webp"])
+    s.add_argument("--image-format", choices=["png", "jpg", "jpeg", "webp"], help="format of images/{id}.{ext} (default png; jpeg = jpg)")
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
     s.add_argument("--no-resume", action="store_true", help="redo rows already done")
     s.add_argument("--max-failed-fraction", type=float, help="exit 3 when more rows than this fraction fail")
@@ -502,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # said by the subcommand's parser, which knows its flags
+        parser._subparsers._group_actions[0].choices[args.command].unknown(extras)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from harmony_ops.checkpoints import CheckpointError
     from harmony_ops.imageio import ImageError

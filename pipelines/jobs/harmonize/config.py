@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipelines.config import JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig
 
@@ -19,7 +19,12 @@ class HarmonizeJobConfig(JobConfig):
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     seed: int = Field(0, description="job seed; each row's noise seed is derived from it and the row id")
-    image_format: Literal["png", "jpg", "webp"] = Field("png", description="format of images/{id}.{ext}")
+    image_format: Literal["png", "jpg", "webp"] = Field("png", description="format of images/{id}.{ext} (jpeg: jpg)")
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _jpeg(cls, v):
+        return "jpg" if isinstance(v, str) and v.lower() == "jpeg" else v
     resume: bool = Field(True, description="skip rows already done with the same configuration")
     max_failed_fraction: float | None = Field(
         None, ge=0, le=1, description="exit non-zero when more than this fraction of rows failed or were invalid"
