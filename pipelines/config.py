@@ -209,8 +209,21 @@ class PoolsConfig(Strict):
     finish: PoolConfig = Field(default_factory=cpu_pool, description="composite + encode + write + metrics (CPU)")
 
 
+class FetchSettings(Strict):
+    """How a stage reads its inputs: the storage clients' options, retries, the decompression-bomb guard."""
+
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
+    retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
+    max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
+
+
 class JobConfig(Strict):
     """Fields every Ray job shares: storage, robustness, where to run."""
+
+    @property
+    def fetch(self) -> FetchSettings:
+        """What the job's reading stages are given (not the whole job configuration)."""
+        return FetchSettings(storage_options=self.storage_options, retries=self.retries, max_pixels=self.max_pixels)
 
     limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")

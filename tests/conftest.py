@@ -32,7 +32,20 @@ os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "600000")
 
 
+# Files whose tests take minutes (Ray Train launches, subprocess jobs): collected first, so that the
+# xdist processes (`--dist loadfile`, files handed out in collection order) start on them and finish
+# on the many short files, instead of one process running them alone at the end.
+SLOW_FIRST = ("tests/pipeline/jobs/test_train", "tests/pipeline/jobs/test_recipe", "tests/pipeline/core/",
+              "tests/pipeline/")
+
+
+def _weight(item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return next((k for k, prefix in enumerate(SLOW_FIRST) if path.startswith(prefix)), len(SLOW_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_weight)  # stable: each file's tests keep their order
     try:
         import torch
 

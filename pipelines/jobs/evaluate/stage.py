@@ -20,6 +20,7 @@ from harmony_ops.worker import setup_cpu_worker
 from schemas.metrics import COMPARE_METRICS
 
 from pipelines.jobs.evaluate.config import EvaluateJobConfig
+from pipelines.config import FetchSettings
 from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
 from pipelines.jobs.row_metrics import ROW_METRICS, gt_columns, protocol_columns, row_metrics
@@ -78,9 +79,16 @@ class EvaluateStage(Stage):
     """One row: fetch (with retries), decode with guards, score prediction, composite and the compare
     method's prediction against the ground truth; writes the metrics schema's columns."""
 
-    cfg: EvaluateJobConfig
+    fetch: FetchSettings
+    compare: bool = False  # a second method's predictions are scored beside (compare_* columns)
+    use_gt_bg: bool = False
     job_columns: dict = field(default_factory=dict)
     pool: PoolConfig = field(default_factory=PoolConfig)
+
+    @classmethod
+    def for_job(cls, cfg: EvaluateJobConfig, job_columns: dict | None = None,
+                pool: PoolConfig | None = None) -> "EvaluateStage":
+        return cls(cfg.fetch, bool(cfg.compare), cfg.use_gt_bg, dict(job_columns or {}), pool or PoolConfig())
 
     name = "evaluate"
 
@@ -89,11 +97,11 @@ class EvaluateStage(Stage):
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return ("status", "composite", "mask", "real", "output") + ((COMPARE_INPUT,) if self.cfg.compare else ())
+        return ("status", "composite", "mask", "real", "output") + ((COMPARE_INPUT,) if self.compare else ())
 
     @property
     def writes(self) -> tuple[str, ...]:
-        compare = COMPARE_METRICS + DELTA_METRICS if self.cfg.compare else ()
+        compare = COMPARE_METRICS + DELTA_METRICS if self.compare else ()
         return ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish") \
             + ROW_METRICS + compare + tuple(self.job_columns)
 
@@ -107,7 +115,7 @@ class EvaluateStage(Stage):
         return batch
 
     def _row(self, batch: pd.DataFrame, i) -> dict | None:
-        cfg, opts = self.cfg, self.cfg.storage_options
+        cfg, opts = self.fetch, self.fetch.storage_options
         t = time.perf_counter()
         row = batch.loc[i]
         try:
@@ -135,10 +143,10 @@ class EvaluateStage(Stage):
         notes = sample.notes + pred_notes
         t_metrics = time.perf_counter()
         try:
-            values = score_prediction(sample, pred, grey, cfg.use_gt_bg, notes)
+            values = score_prediction(sample, pred, grey, self.use_gt_bg, notes)
             ratio = protocol_fg_ratio(grey)
             values.update(fg_ratio=ratio, fg_bucket=fg_bucket(ratio))
-            if cfg.compare:
+            if self.compare:
                 values.update(self._compare(row, sample, grey, values, notes))
         except Exception as exc:  # noqa: BLE001
             fail_with(batch, i, exc, ErrorKind.METRICS_ERROR, storage=False)
@@ -155,8 +163,8 @@ class EvaluateStage(Stage):
             notes.append("compare_missing_prediction")
             return {}
         try:
-            data = read_with_retries(uri, self.cfg.storage_options, self.cfg.retries)
-            other, _ = decode_prediction(data, self.cfg.max_pixels, what="compare")
+            data = read_with_retries(uri, self.fetch.storage_options, self.fetch.retries)
+            other, _ = decode_prediction(data, self.fetch.max_pixels, what="compare")
         except FileNotFoundError:
             notes.append("compare_missing_prediction")
             return {}
@@ -167,9 +175,9 @@ class EvaluateStage(Stage):
             notes.append("compare_storage_error")
             return {}
         if other.shape[:2] == sample.mask.shape:
-            cols = gt_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.cfg.use_gt_bg)
+            cols = gt_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.use_gt_bg)
         else:
-            cols = protocol_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.cfg.use_gt_bg)
+            cols = protocol_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.use_gt_bg)
         out = {k: cols[k] for k in COMPARE_METRICS}
         out["delta_psnr"] = _delta(out["compare_psnr"], main["psnr"])
         out["delta_fmse"] = _delta(out["compare_fmse"], main["fmse"])

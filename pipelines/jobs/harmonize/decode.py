@@ -12,6 +12,8 @@ from harmony_ops.inputs import load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
 from harmony_ops.worker import setup_cpu_worker
+from harmony_ops.resolution import ResolutionPolicy
+from pipelines.config import FetchSettings
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
@@ -24,9 +26,14 @@ ENCODED = ("comp_bytes", "mask_bytes", "real_bytes")
 
 @dataclass
 class DecodeStage(Stage):
-    cfg: HarmonizeJobConfig
+    fetch: FetchSettings
+    resolution: ResolutionPolicy
     needs_resize: bool
     pool: PoolConfig = field(default_factory=PoolConfig)
+
+    @classmethod
+    def for_job(cls, cfg: HarmonizeJobConfig, needs_resize: bool, pool: PoolConfig | None = None) -> "DecodeStage":
+        return cls(cfg.fetch, cfg.resolution.policy(), needs_resize, pool or PoolConfig())
 
     name = "decode"
     reads = ("status", "composite", "mask", "real")
@@ -36,7 +43,7 @@ class DecodeStage(Stage):
         setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        opts, policy, retries = self.cfg.storage_options, self.cfg.resolution.policy(), self.cfg.retries
+        opts, policy, retries = self.fetch.storage_options, self.resolution, self.fetch.retries
         for i in batch.index[pending(batch)]:
             t = time.perf_counter()
             row = batch.loc[i]
@@ -49,7 +56,7 @@ class DecodeStage(Stage):
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue
             try:
-                sample = load_sample(comp, mask, real, max_pixels=self.cfg.max_pixels)
+                sample = load_sample(comp, mask, real, max_pixels=self.fetch.max_pixels)
                 item = prepare(sample.composite, sample.mask, policy, resize=self.needs_resize)
             except Exception as exc:  # noqa: BLE001 - decoders raise many types; ImageError says which guard
                 fail_with(batch, i, exc, ErrorKind.DECODE_ERROR, storage=False)

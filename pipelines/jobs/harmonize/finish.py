@@ -13,6 +13,7 @@ from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
 from harmony_ops.worker import setup_cpu_worker
+from pipelines.config import FetchSettings
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
@@ -38,10 +39,16 @@ def job_columns(cfg: HarmonizeJobConfig, model_id: str, config_key: str) -> dict
 
 @dataclass
 class FinishStage(Stage):
-    cfg: HarmonizeJobConfig
-    model_id: str
-    config_key: str
+    fetch: FetchSettings
+    output: str
+    image_format: str
+    feather: int
+    job_columns: dict  # what every row of the run shares (`job_columns`)
     pool: PoolConfig = field(default_factory=PoolConfig)
+
+    @classmethod
+    def for_job(cls, cfg: HarmonizeJobConfig, columns: dict, pool: PoolConfig | None = None) -> "FinishStage":
+        return cls(cfg.fetch, cfg.output, cfg.image_format, cfg.resolution.feather, columns, pool or PoolConfig())
 
     name = "finish"
     reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS
@@ -54,25 +61,25 @@ class FinishStage(Stage):
         for i in batch.index[pending(batch)]:
             t = time.perf_counter()
             row = batch.loc[i]
-            if not output_allowed(row["output"], self.cfg.output):
+            if not output_allowed(row["output"], self.output):
                 fail_row(batch, i, ErrorKind.UNSAFE_OUTPUT, f"refusing to write {row['output']!r}: not one file "
-                         f"name directly under {join(self.cfg.output, 'images')}")
+                         f"name directly under {join(self.output, 'images')}")
                 continue
             try:
                 # A row without ground truth: no `real_bytes` (a null cell), no-reference metrics only.
                 sample = load_sample(row["comp_bytes"], row["mask_bytes"], cell(row, "real_bytes"),
-                                     max_pixels=self.cfg.max_pixels)
+                                     max_pixels=self.fetch.max_pixels)
                 box = plan_from_columns(row).region
                 region = unpack(row["result_rgb"], box[3] - box[1], box[2] - box[0])
-                out = finish(sample.composite, sample.mask, box, region, self.cfg.resolution.feather)
-                write_with_retries(row["output"], encode_image(out, self.cfg.image_format), self.cfg.storage_options,
-                                   self.cfg.retries)
+                out = finish(sample.composite, sample.mask, box, region, self.feather)
+                write_with_retries(row["output"], encode_image(out, self.image_format), self.fetch.storage_options,
+                                   self.fetch.retries)
                 values = row_metrics(sample, out)
             except Exception as exc:  # noqa: BLE001
                 fail_with(batch, i, exc, ErrorKind.FINISH_ERROR)
                 continue
             set_values(batch, i, {**values, "status": Status.OK, "seconds_finish": time.perf_counter() - t})
-        for k, v in job_columns(self.cfg, self.model_id, self.config_key).items():
+        for k, v in self.job_columns.items():
             batch[k] = v
         batch.loc[batch["status"].isin(BAD), "output"] = None
         return batch

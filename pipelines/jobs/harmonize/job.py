@@ -158,7 +158,8 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
             rows, carried = mark_resumable(rows, cfg, key)
         except Exception as exc:  # noqa: BLE001
             raise JobError(f"cannot read earlier results under {cfg.output}: {type(exc).__name__}: {exc}") from exc
-    settled = rows[rows["status"] != Status.PENDING].assign(**job_columns(cfg, model_id, key))  # invalid rows never enter Ray
+    columns = job_columns(cfg, model_id, key)
+    settled = rows[rows["status"] != Status.PENDING].assign(**columns)  # invalid rows never enter Ray
     todo = rows[rows["status"] == Status.PENDING]
 
     run.start_ray()
@@ -167,9 +168,9 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     pools = cfg.pools
     stages = [
-        DecodeStage(cfg=cfg, needs_resize=needs_resize, pool=pools.decode.on_cluster(False)),
-        ModelStage(cfg=cfg, pool=model_pool(cfg, has_gpu)),
-        FinishStage(cfg=cfg, model_id=model_id, config_key=key, pool=pools.finish.on_cluster(False)),
+        DecodeStage.for_job(cfg, needs_resize, pools.decode.on_cluster(False)),
+        ModelStage.for_job(cfg, model_pool(cfg, has_gpu)),
+        FinishStage.for_job(cfg, columns, pools.finish.on_cluster(False)),
     ]
     model = stages[1].pool
     echo(

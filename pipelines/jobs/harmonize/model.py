@@ -10,6 +10,7 @@ import pandas as pd
 
 from harmony_ops.regions import PIXEL_COLUMNS, PLAN_COLUMNS, Prepared, pack
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
+from pipelines.config import ModelConfig
 from pipelines.core.engine import free_device_memory, load_actor_engine, peak_memory_mib
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from schemas.vocabulary import ErrorKind
@@ -19,8 +20,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelStage(Stage):
-    cfg: HarmonizeJobConfig
+    model: ModelConfig
+    storage_options: dict = field(default_factory=dict)
     pool: PoolConfig = field(default_factory=PoolConfig)
+
+    @classmethod
+    def for_job(cls, cfg: HarmonizeJobConfig, pool: PoolConfig | None = None) -> "ModelStage":
+        return cls(cfg.model, cfg.storage_options, pool or PoolConfig())
 
     name = "model"
     stateful = True
@@ -28,7 +34,7 @@ class ModelStage(Stage):
     writes = ("result_rgb", "seconds_stage1", "seconds_refine", "model_peak_host_mib", "model_peak_device_mib")
 
     def setup(self) -> None:
-        self.engine = load_actor_engine(self.cfg.model, self.pool, self.cfg.storage_options)
+        self.engine = load_actor_engine(self.model, self.pool, self.storage_options)
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         idx = list(batch.index[pending(batch)])

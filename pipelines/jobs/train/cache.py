@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.jobs.train.config import TrainJobConfig
+from pipelines.config import FetchSettings
 from pipelines.core.stage import PoolConfig, Stage, fail_with, set_values
 from pipelines.io.storage import filesystem, join, read_bytes, write_bytes_atomic, write_with_retries
 from schemas.vocabulary import ErrorKind
@@ -41,7 +42,11 @@ def cache_key(cfg: TrainJobConfig) -> dict:
 class Stage1CacheStage(Stage):
     """Decoded (un-augmented) rows -> the frozen stage-1 output as a PNG under the cache URI."""
 
-    cfg: TrainJobConfig
+    init: str  # the frozen stage 1's checkpoint
+    uri: str  # the cache's prefix
+    side: int
+    sampler_steps: int
+    fetch: FetchSettings
     pool: PoolConfig = field(default_factory=PoolConfig)
 
     name = "stage1-cache"
@@ -57,7 +62,7 @@ class Stage1CacheStage(Stage):
 
         device = torch.device("cuda" if torch.cuda.is_available() and (self.pool.num_gpus or 0) > 0 else "cpu")
         # The same frozen stage 1 as the online path: --init's UNet, VAE and null text, Euler-A, no Harmony-VAE.
-        m = load_train_models(self.cfg.init, device, self.cfg.storage_options)
+        m = load_train_models(self.init, device, self.fetch.storage_options)
         self.sampler = DiffHarmonySampler(m.unet.eval(), m.vae, m.scheduler_config, m.null, "euler_a")
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -67,14 +72,14 @@ class Stage1CacheStage(Stage):
         idx = list(batch.index[batch["status"] == "ok"])
         if not idx:
             return batch
-        side, sub = self.cfg.resolution, batch.loc[idx]
+        side, sub = self.side, batch.loc[idx]
         comp, mask, _ = to_tensors(sub.assign(real_px=sub["comp_px"]), side)
-        out = self.sampler(comp, mask, seeds=[int(s) for s in sub["seed"]], num_inference_steps=self.cfg.sampler_steps)
+        out = self.sampler(comp, mask, seeds=[int(s) for s in sub["seed"]], num_inference_steps=self.sampler_steps)
         pred = (out.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         for i, p in zip(idx, pred):
-            uri = join(self.cfg.stage1_cache, "harmonized", f"{batch.at[i, 'id']}.png")
+            uri = join(self.uri, "harmonized", f"{batch.at[i, 'id']}.png")
             try:
-                write_with_retries(uri, encode_image(p, "png"), self.cfg.storage_options, self.cfg.retries)
+                write_with_retries(uri, encode_image(p, "png"), self.fetch.storage_options, self.fetch.retries)
             except Exception as exc:  # noqa: BLE001 - a storage failure is this row's failure
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue
@@ -105,9 +110,11 @@ def stage1_cache(run, cfg: TrainJobConfig, rows: pd.DataFrame, echo=print) -> tu
     reused = cached is not None
     if cached is None:
         echo(f"harmony train: building the stage-1 cache at {cfg.stage1_cache} ({len(rows)} rows)")
-        pool = PoolConfig(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker,
+        # Before training starts: the trainers' share of the cluster is free (1 CPU each unless set).
+        pool = PoolConfig(num_cpus=cfg.cpus_per_worker or 1.0, num_gpus=cfg.gpus_per_worker,
                           batch_size=min(cfg.batch_size, 8), max_workers=cfg.workers)
-        ds = decoded_dataset(run, rows, cfg, False, stages=[Stage1CacheStage(cfg, pool=pool)])
+        stage = Stage1CacheStage(cfg.init, cfg.stage1_cache, cfg.resolution, cfg.sampler_steps, cfg.fetch, pool=pool)
+        ds = decoded_dataset(run, rows, cfg, False, stages=[stage])
         cached = ds.to_pandas()
         cached = cached.reindex(columns=COLUMNS)
         cached.loc[cached["status"] != "ok", "harmonized"] = None

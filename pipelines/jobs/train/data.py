@@ -12,6 +12,7 @@ from harmony_ops.inputs import load_sample
 from harmony_ops.imageio import decode_image
 from harmony_ops.training.augment import augment, augment_many
 from pipelines.jobs.train.config import TrainJobConfig
+from pipelines.config import FetchSettings
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
 from pipelines.io.storage import read_with_retries
 from schemas.vocabulary import ErrorKind
@@ -21,7 +22,10 @@ PIXELS = ("comp_px", "mask_px", "real_px")
 
 @dataclass
 class TrainDecodeStage(Stage):
-    cfg: TrainJobConfig
+    fetch: FetchSettings
+    side: int  # training resolution
+    random_crop: bool = True
+    random_flip: bool = True
     train: bool = True  # False: validation rows, resized without random crop or flip
     pool: PoolConfig = field(default_factory=PoolConfig)
     # Rows of a stage-1 cache manifest: also decode `harmonized` (the cached stage-1 output, made at
@@ -39,7 +43,7 @@ class TrainDecodeStage(Stage):
         return PIXELS + (("harm_px",) if self.cached else ())
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        opts, retries, side = self.cfg.storage_options, self.cfg.retries, self.cfg.resolution
+        opts, retries, side = self.fetch.storage_options, self.fetch.retries, self.side
         # Fresh entropy per batch: every pass over the data (epoch) draws new crops and flips.
         rng = np.random.default_rng()
         for i in batch.index[pending(batch)]:
@@ -50,8 +54,8 @@ class TrainDecodeStage(Stage):
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue
             try:
-                s = load_sample(*raw, max_pixels=self.cfg.max_pixels)
-                flip, crop = self.train and self.cfg.random_flip, self.train and self.cfg.random_crop
+                s = load_sample(*raw, max_pixels=self.fetch.max_pixels)
+                flip, crop = self.train and self.random_flip, self.train and self.random_crop
                 extra = {}
                 if self.cached:
                     # The stage-1 output was made from the plain resize: resize first, then crop/flip all four alike.
@@ -95,7 +99,8 @@ def decoded_dataset(run, rows: pd.DataFrame, cfg: TrainJobConfig, train: bool, c
     """The rows as a lazy Ray dataset through the decode stage (re-run on every pass), then `stages`."""
     from pipelines.core.adapter import apply_stages
 
-    stage = TrainDecodeStage(cfg, train=train, pool=cfg.decode_pool, cached=cached)
+    stage = TrainDecodeStage(cfg.fetch, cfg.resolution, cfg.random_crop, cfg.random_flip, train=train, pool=cfg.decode_pool,
+                             cached=cached)
     cols = ["row", "id", "composite", "mask", "real", "status", "error_type", "error_message"]
     cols += ["harmonized"] if cached else ["seed"] if stages else []
     keep = cols + [c for s in stages for c in s.writes]

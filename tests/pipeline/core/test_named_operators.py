@@ -9,7 +9,7 @@ from pipelines.config import ModelConfig
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.adapter import apply_stages
 from pipelines.jobs.harmonize.decode import DecodeStage
-from pipelines.jobs.harmonize.finish import FinishStage
+from pipelines.jobs.harmonize.finish import FinishStage, job_columns
 from pipelines.jobs.harmonize.model import ModelStage
 from schemas.metrics import COLUMNS, to_arrow
 from tests.pipeline.jobs.test_harmonize import local_dataset
@@ -25,9 +25,9 @@ def test_operators_are_named_decode_model_finish(ray_local, tmp_path):
     manifest_path, manifest = local_dataset(tmp_path, good=2)
     cfg = HarmonizeJobConfig(manifest=str(manifest_path), output=str(tmp_path / "out"), model=ModelConfig(engine="baseline"))
     rows = prepare_rows(pd.read_csv(manifest_path), str(manifest_path), cfg.output, "png", 0)
-    stages = [DecodeStage(cfg=cfg, needs_resize=False, pool=cfg.pools.decode.on_cluster(False)),
-              ModelStage(cfg=cfg, pool=cfg.pools.model.on_cluster(False)),
-              FinishStage(cfg=cfg, model_id="baseline", config_key="k", pool=cfg.pools.finish.on_cluster(False))]
+    stages = [DecodeStage.for_job(cfg, False, cfg.pools.decode.on_cluster(False)),
+              ModelStage.for_job(cfg, cfg.pools.model.on_cluster(False)),
+              FinishStage.for_job(cfg, job_columns(cfg, "baseline", "k"), cfg.pools.finish.on_cluster(False))]
     ds = apply_stages(ray.data.from_pandas(rows), stages, inputs=rows.columns, keep=COLUMNS, finalize=to_arrow)
     done = ds.materialize()
     stats = done.stats()

@@ -93,7 +93,7 @@ def test_cpu_stages_set_their_worker_up(monkeypatch):
     for module in (decode, finish, evaluate_stage):
         monkeypatch.setattr(module, "setup_cpu_worker", calls.append)
     hcfg = HarmonizeJobConfig(manifest="m.csv", output="out")
-    decode.DecodeStage(hcfg, needs_resize=True, pool=PoolConfig(num_cpus=0.25)).setup()
-    finish.FinishStage(hcfg, "model", "key", pool=PoolConfig(num_cpus=2)).setup()
-    evaluate_stage.EvaluateStage(EvaluateJobConfig(manifest="m.csv", predictions="p", output="out"), pool=PoolConfig(num_cpus=0.5)).setup()
+    decode.DecodeStage.for_job(hcfg, True, pool=PoolConfig(num_cpus=0.25)).setup()
+    finish.FinishStage.for_job(hcfg, finish.job_columns(hcfg, "model", "key"), pool=PoolConfig(num_cpus=2)).setup()
+    evaluate_stage.EvaluateStage.for_job(EvaluateJobConfig(manifest="m.csv", predictions="p", output="out"), pool=PoolConfig(num_cpus=0.5)).setup()
     assert calls == [0.25, 2, 0.5]

@@ -25,7 +25,7 @@ from pipelines.errors import JobError
 from pipelines.jobs.harmonize.job import run_harmonize
 from pipelines.core.adapter import run_batch
 from pipelines.jobs.harmonize.decode import DecodeStage
-from pipelines.jobs.harmonize.finish import FinishStage, output_allowed
+from pipelines.jobs.harmonize.finish import FinishStage, job_columns, output_allowed
 from pipelines.jobs.harmonize.model import ModelStage
 from schemas.metrics import COLUMNS, to_arrow
 from pipelines.io.manifest import prepare_rows
@@ -176,9 +176,9 @@ def _decoded(tmp_path, n=3):
     cfg = HarmonizeJobConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "out"),
                              model=ModelConfig(engine="baseline"))
     batch = prepare_rows(pd.DataFrame(rows), str(tmp_path / "m.csv"), cfg.output, "png", 0)
-    model = ModelStage(cfg=cfg)
+    model = ModelStage.for_job(cfg)
     model.setup()
-    chain = [DecodeStage(cfg=cfg, needs_resize=False), model, FinishStage(cfg=cfg, model_id="baseline", config_key="k")]
+    chain = [DecodeStage.for_job(cfg, False), model, FinishStage.for_job(cfg, job_columns(cfg, "baseline", "k"))]
     return cfg, chain, run_batch(chain, batch, keep=COLUMNS, finalize=to_arrow, stop=2)
 
 

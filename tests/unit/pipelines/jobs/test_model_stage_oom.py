@@ -15,7 +15,7 @@ from pipelines.config import ModelConfig
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.adapter import bind
 from pipelines.jobs.harmonize.decode import DecodeStage
-from pipelines.jobs.harmonize.finish import FinishStage
+from pipelines.jobs.harmonize.finish import FinishStage, job_columns
 from pipelines.jobs.harmonize.model import ModelStage
 from schemas.metrics import COLUMNS
 from pipelines.io.manifest import prepare_rows
@@ -55,7 +55,7 @@ def decoded_batch(tmp_path, n: int) -> pd.DataFrame:
         rows.append({"id": f"r{k}", "composite": f"c{k}.png", "mask": f"m{k}.png"})
     cfg = job_config(tmp_path)
     prepared = prepare_rows(pd.DataFrame(rows), str(tmp_path / "manifest.csv"), cfg.output, "png", cfg.seed)
-    batch = DecodeStage(cfg=cfg, needs_resize=False).run(prepared)
+    batch = DecodeStage.for_job(cfg, False).run(prepared)
     assert (batch["status"] == "pending").all()
     return batch
 
@@ -68,9 +68,9 @@ def job_config(tmp_path) -> HarmonizeJobConfig:
 def model_stage(tmp_path, engine):
     """The model stage as the harmonize chain runs it (with the chain's column handling)."""
     cfg = job_config(tmp_path)
-    stage = ModelStage(cfg=cfg)
+    stage = ModelStage.for_job(cfg)
     stage.engine = engine  # what setup() would load
-    chain = [DecodeStage(cfg=cfg, needs_resize=False), stage, FinishStage(cfg=cfg, model_id="fake", config_key="k")]
+    chain = [DecodeStage.for_job(cfg, False), stage, FinishStage.for_job(cfg, job_columns(cfg, "fake", "k"))]
     return bind(chain, inputs=["row", "id", "status", "seed", "output", "composite", "mask", "real"], keep=COLUMNS)[1]
 
 

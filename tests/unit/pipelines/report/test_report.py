@@ -244,7 +244,7 @@ def make_report_prefix(root: Path, size: tuple[int, int] = (90, 120)) -> Path:
     cfg = EvaluateJobConfig(manifest="unused.csv", predictions=str(data), output=str(prefix))
     job = {"engine": "evaluate", "model": str(data), "config_key": "k", "steps": None, "scheduler": "none",
            "resolution_mode": "none"}
-    table = run_batch([EvaluateStage(cfg=cfg, job_columns=job)], df, keep=COLUMNS, finalize=to_arrow)
+    table = run_batch([EvaluateStage.for_job(cfg, job)], df, keep=COLUMNS, finalize=to_arrow)
     metrics = table.to_pandas()
     write_table_atomic(to_arrow(metrics), str(prefix / METRICS_FILE), {})
     summary = build_summary(metrics, 1.0, int((metrics["status"] == "ok").sum()), {})
