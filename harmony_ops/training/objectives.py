@@ -58,6 +58,7 @@ class Objective:
 
     task = "stage1"
     needs: tuple[str, ...] = ()  # parts of --init beyond UNet and VAE: "refiner", "harmony_vae"
+    trains = "unet"  # the TrainModels part that learns; every other part is frozen
     swap = False  # inverse: condition on the real image, target the composite
 
     def __init__(self, models: TrainModels, plain_mse: bool = False, sampler_steps: int = 5):
@@ -71,11 +72,14 @@ class Objective:
 
     def freeze(self) -> None:
         """Everything but the trained model is frozen."""
-        self.m.vae.eval().requires_grad_(False)
+        for part in ("unet", "vae"):
+            if part != self.trains:
+                getattr(self.m, part).eval().requires_grad_(False)
+        self.trained.requires_grad_(True)  # the VAE is loaded frozen; the loop puts it in train mode
 
     @property
     def trained(self) -> torch.nn.Module:
-        return self.m.unet
+        return getattr(self.m, self.trains)
 
     def module(self) -> torch.nn.Module:
         """What the optimiser's DDP wrapper runs forward: the trained model unless the loss needs more."""
@@ -122,14 +126,7 @@ class RefinerObjective(Objective):
 
     task = "refiner"
     needs = ("refiner",)
-
-    def freeze(self) -> None:
-        super().freeze()
-        self.m.unet.eval().requires_grad_(False)
-
-    @property
-    def trained(self) -> torch.nn.Module:
-        return self.m.refiner
+    trains = "refiner"
 
     def loss(self, model, comp, mask, real, gen, harmonized=None) -> torch.Tensor:
         if harmonized is None:
@@ -155,14 +152,7 @@ class HarmonyVAEObjective(Objective):
 
     task = "harmony-vae"
     needs = ("harmony_vae",)
-
-    def freeze(self) -> None:
-        super().freeze()
-        self.m.unet.eval().requires_grad_(False)
-
-    @property
-    def trained(self) -> torch.nn.Module:
-        return self.m.harmony_vae
+    trains = "harmony_vae"
 
     def loss(self, model, comp, mask, real, gen, harmonized=None) -> torch.Tensor:
         return harmony_vae_loss(model, real, comp, mask, gen)
@@ -174,20 +164,13 @@ class VAEReconstructionObjective(Objective):
     so stage 1 sees unit-variance latents."""
 
     task = "vae"
+    trains = "vae"
 
     def __init__(self, models: TrainModels, plain_mse: bool = False, sampler_steps: int = 5):
         super().__init__(models, plain_mse, sampler_steps)
         self.wrapper = VAEObjective(models.vae)
         # Running sum of the latents' variance x count, and the count.
         self.latent_var = torch.zeros(2, dtype=torch.float64)
-
-    def freeze(self) -> None:
-        self.m.vae.train().requires_grad_(True)
-        self.m.unet.eval().requires_grad_(False)
-
-    @property
-    def trained(self) -> torch.nn.Module:
-        return self.m.vae
 
     def module(self) -> torch.nn.Module:
         return self.wrapper  # the loss runs encode and decode, not the VAE's forward: DDP wraps this

@@ -169,7 +169,7 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     pools = cfg.pools
     stages = [
         DecodeStage.for_job(cfg, needs_resize, pools.decode.on_cluster(False)),
-        ModelStage.for_job(cfg, model_pool(cfg, has_gpu)),
+        ModelStage(model=cfg.model, storage_options=cfg.storage_options, pool=model_pool(cfg, has_gpu)),
         FinishStage.for_job(cfg, columns, pools.finish.on_cluster(False)),
     ]
     model = stages[1].pool
