@@ -1,6 +1,6 @@
 """`harmony train` as a user runs it: the `harmony` command in a subprocess, from the folder that holds
 its inputs, relative paths, the local Ray that the CLI starts with the machine's CPUs, and no
-test-only resource or Ray settings (the conftest's Ray tuning is removed from the environment)."""
+test-only resource settings (no num_cpus, no --cpus-per-worker)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ HARMONY = str(Path(sys.executable).with_name("harmony"))
 
 
 def _user_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_TRAIN_", "RAY_num_", "RAY_idle_"))}
+    # The conftest's Ray Train polling interval stays (it only shortens waits); what a user would not pass
+    # and the issue was about, resource settings (num_cpus, cpus_per_worker), is never given.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_num_", "RAY_idle_"))}
     env.pop("RAY_ADDRESS", None)
     # Ray's sockets live under RAY_TMPDIR; a short one keeps their paths under the 107-byte limit.
     return env | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rt-")}

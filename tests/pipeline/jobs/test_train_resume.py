@@ -74,6 +74,7 @@ def test_stage1_resumes_after_a_killed_driver_and_exports(ray_local, train_data,
     from pipelines.errors import JobError
     from pipelines.jobs.train.driver import run_train
 
-    refiner = _cfg("refiner", train_data, tiny_checkpoint, out, max_steps=steps + 2, max_failures=3)
+    refiner = _cfg("refiner", train_data, tiny_checkpoint, out, max_steps=steps + 2, max_failures=3, workers=1,
+                   cpus_per_worker=1)
     with pytest.raises(JobError, match=r"training stopped: resuming from the run's last checkpoint.*state_dict"):
         run_train(refiner, echo=quiet)
