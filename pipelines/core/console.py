@@ -24,9 +24,10 @@ def _eta(done: int, total: int | None, rate: float) -> float | None:
     return max(total - done, 0) / rate
 
 
-def progress_fields(done: int, total: int | None, counts: Mapping[str, int], elapsed: float) -> dict:
-    """The fields every progress event carries (pure: what the line, the bar and the JSON show)."""
-    rate = done / elapsed if elapsed > 0 else 0.0
+def progress_fields(done: int, total: int | None, counts: Mapping[str, int], elapsed: float, base: int = 0) -> dict:
+    """The fields every progress event carries (pure: what the line, the bar and the JSON show); `base`:
+    what was done before this run started (a resumed training run's step), not counted in the rate."""
+    rate = (done - base) / elapsed if elapsed > 0 else 0.0
     failed = sum(v for k, v in counts.items() if k != "ok")
     return {"done": done, "total": total, "ok": int(counts.get("ok", 0)), "failed": int(failed),
             "rows_per_second": round(rate, 3), "eta_seconds": None if (e := _eta(done, total, rate)) is None else round(e, 1),
@@ -46,7 +47,7 @@ class Progress:
 
     def __init__(self, console: "Console", what: str, total: int | None, unit: str = "rows"):
         self.console, self.what, self.total, self.unit = console, what, total, unit
-        self.done, self.counts, self.extra = 0, {}, {}
+        self.done, self.base, self.counts, self.extra = 0, 0, {}, {}
         self.t0 = self.said = time.monotonic()
         self.bar = None
         if console.format == "text" and not console.quiet and console.is_tty:
@@ -56,7 +57,7 @@ class Progress:
                             file=console.err, dynamic_ncols=True, leave=False)
 
     def fields(self) -> dict:
-        f = progress_fields(self.done, self.total, self.counts, time.monotonic() - self.t0)
+        f = progress_fields(self.done, self.total, self.counts, time.monotonic() - self.t0, self.base)
         return {**f, "extra": dict(self.extra)} if self.extra else f
 
     def advance(self, n: int, counts: Mapping[str, int] | None = None, force: bool = False, **extra) -> None:

@@ -85,6 +85,7 @@ def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: loop.LoopConfig):
     loop_cfg.progress = queue
 
     def feed():
+        first = True
         while not stop.is_set():
             try:
                 event = queue.get(timeout=0.5)
@@ -92,10 +93,11 @@ def _progress_feed(echo, cfg: TrainJobConfig, loop_cfg: loop.LoopConfig):
                 continue
             except Exception:  # noqa: BLE001 - the queue's actor is gone: the run is ending
                 return
-            if progress.done == 0 and event["step"] > 1:  # a resumed run starts at its checkpoint
-                progress.done = event["step"] - 1
-            progress.advance(max(event["step"] - progress.done, 0), {"ok": max(event["step"] - progress.done, 0)},
-                             loss=event["loss"])
+            if first:  # this attempt's first report: it started at its checkpoint's step (0 from --init)
+                progress.done = progress.base = event["from"]
+                first = False
+            steps = max(event["step"] - progress.done, 0)
+            progress.advance(steps, {"ok": steps}, loss=event["loss"])
 
     thread = threading.Thread(target=feed, name="train-progress", daemon=True)
     thread.start()

@@ -279,7 +279,7 @@ def train_loop(config: dict) -> dict | None:
                 done = step - first_step
                 eta = (time.perf_counter() - t_start) / max(done, 1) * (job.max_steps - step)
                 if cfg.progress is not None:  # the driver's console shows it (workers' output is not forwarded)
-                    cfg.progress.put_nowait({"step": step, "loss": float(mean), "lr": rows[-1]["lr"]})
+                    cfg.progress.put_nowait({"step": step, "from": first_step, "loss": float(mean), "lr": rows[-1]["lr"]})
                 else:
                     print(f"train {job.task}: step {step}/{job.max_steps} loss {float(mean):.4f} "
                           f"lr {rows[-1]['lr']:.2e} {rows[-1]['samples_per_second']:.1f} samples/s ETA {eta:.0f}s",

@@ -14,6 +14,8 @@ def test_progress_fields_rate_and_eta():
     assert f == {"done": 30, "total": 120, "ok": 28, "failed": 2, "rows_per_second": 3.0, "eta_seconds": 30.0,
                  "elapsed_seconds": 10.0}
     assert progress_fields(0, None, {}, 0.0)["eta_seconds"] is None
+    # A resumed run: what was done before it does not count in its rate.
+    assert progress_fields(40, 40, {"ok": 10}, elapsed=5.0, base=30)["rows_per_second"] == 2.0
 
 
 def test_progress_line():
