@@ -187,7 +187,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from pipelines.devtools.demo.demo import run_demo
 
-    return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images, engine=a.engine)
+    return run_demo(output=a.output, model=a.model, s3=a.s3, images=a.images, engine=a.engine, echo=a.console)
 
 
 def cmd_import_iharmony4(a: argparse.Namespace) -> int:
@@ -418,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["diffharmony", "baseline"], help="baseline: the Lab colour-statistics transfer instead")
     s.add_argument("--s3", action="store_true", help="go through an embedded S3 server (moto)")
     s.add_argument("--images", type=int, default=8, help="number of sample composites")
+    _output_flags(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("import-iharmony4", help="build a manifest from an iHarmony4 folder")

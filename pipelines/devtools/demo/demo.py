@@ -4,7 +4,6 @@ the whole `harmony harmonize` job on them (optionally through an embedded S3 ser
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +29,20 @@ def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8,
-             engine: str | None = None) -> int:
+             engine: str | None = None, echo=print) -> int:
     from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
     from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     out = Path(output).resolve()
     manifest = build_demo_data(out / "data", images)
-    print(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "
+    echo(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "
           f"and {manifest}")
     from harmony_ops.defaults import model_label
 
     model_cfg = ModelConfig(model=model, engine=engine)
     note = "" if model or engine == "baseline" else " (no --model given; pass --model DIR, or --engine baseline)"
-    print(f"demo: {model_label(model_cfg.engine, model_cfg.model)}{note}")
+    echo(f"demo: {model_label(model_cfg.engine, model_cfg.model)}{note}")
     cpus = os.cpu_count() or 2
     pools = PoolsConfig(
         decode=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
@@ -53,11 +52,11 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
     common = dict(model=model_cfg, pools=pools, block_rows=2)
     if not s3:
         cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
-        return run_harmonize(cfg).exit_code
-    return _run_via_s3(out, manifest, common)
+        return run_harmonize(cfg, echo).exit_code
+    return _run_via_s3(out, manifest, common, echo)
 
 
-def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
+def _run_via_s3(out: Path, manifest: Path, common: dict, echo=print) -> int:
     import socket
 
     import boto3
@@ -83,10 +82,10 @@ def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
         for p in sorted(manifest.parent.rglob("*")):
             if p.is_file():
                 client.upload_file(str(p), "harmony-demo", f"data/{p.relative_to(manifest.parent).as_posix()}")
-        print(f"demo: embedded S3 endpoint {endpoint}, bucket harmony-demo")
+        echo(f"demo: embedded S3 endpoint {endpoint}, bucket harmony-demo")
         cfg = HarmonizeJobConfig(manifest="s3://harmony-demo/data/manifest.csv", output="s3://harmony-demo/results",
                                  storage_options={"endpoint_url": endpoint, **creds}, **common)
-        code = run_harmonize(cfg).exit_code
+        code = run_harmonize(cfg, echo).exit_code
         local = out / "results-s3"
         for obj in client.list_objects_v2(Bucket="harmony-demo", Prefix="results/").get("Contents", []):
             if obj["Key"].endswith("/"):  # directory markers some clients create
@@ -94,7 +93,7 @@ def _run_via_s3(out: Path, manifest: Path, common: dict) -> int:
             dest = local / obj["Key"].removeprefix("results/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             client.download_file("harmony-demo", obj["Key"], str(dest))
-        print(f"demo: copied the S3 results to {local}", file=sys.stderr)
+        echo(f"demo: copied the S3 results to {local}")
         return code
     finally:
         server.stop()
