@@ -24,6 +24,13 @@ class TrainModels:
     harmony_vae: Any = None
 
 
+def check_parts(ck, needs: tuple[str, ...], init: str) -> None:
+    """Raises ValueError when the resolved checkpoint lacks a part the task must start from (the
+    Harmony-VAE can be built from the VAE; the refiner cannot)."""
+    if "refiner" in needs and ck.refiner is None:
+        raise ValueError(f"--task refiner: {init} has no refiner/ to start from")
+
+
 def load_train_models(init: str, device, storage_options: dict | None = None,
                       needs: tuple[str, ...] = ()) -> TrainModels:
     """--init's UNet, VAE (frozen), null text and scheduler config on `device`, plus the parts `needs`
@@ -34,6 +41,7 @@ def load_train_models(init: str, device, storage_options: dict | None = None,
     from harmony_ops.checkpoints import load_model, load_null_embedding, load_scheduler_config, resolve_checkpoint
 
     ck = resolve_checkpoint(init, refiner="auto", storage_options=storage_options)
+    check_parts(ck, needs, init)
     unet = load_model(UNet2DConditionModel, ck.unet, "unet").to(device)
     vae = load_model(AutoencoderKL, ck.vae, "vae").to(device).eval().requires_grad_(False)
     null, _ = load_null_embedding(ck.root, unet.config.cross_attention_dim)
@@ -46,8 +54,6 @@ def load_train_models(init: str, device, storage_options: dict | None = None,
     if "refiner" in needs:
         from harmony_ops.refiner import UNet2DCustom
 
-        if ck.refiner is None:
-            raise ValueError(f"--task refiner: {init} has no refiner/ to start from")
         models.refiner = load_model(UNet2DCustom, ck.refiner, "refiner").to(device)
     return models
 

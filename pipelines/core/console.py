@@ -60,7 +60,7 @@ class Progress:
         f = progress_fields(self.done, self.total, self.counts, time.monotonic() - self.t0, self.base)
         return {**f, "extra": dict(self.extra)} if self.extra else f
 
-    def advance(self, n: int, counts: Mapping[str, int] | None = None, force: bool = False, **extra) -> None:
+    def advance(self, n: int, counts: Mapping[str, int] | None = None, **extra) -> None:
         """`n` more done; `counts` by status (ok, failed, ...); `extra` fields shown as they are (a loss)."""
         self.done += n
         self.extra.update(extra)
@@ -73,7 +73,7 @@ class Progress:
             self.bar.update(n)
             return
         now = time.monotonic()
-        if c.quiet or (not force and now - self.said < c.every):
+        if c.quiet or now - self.said < c.every:
             return
         self.said = now
         self._emit()

@@ -51,7 +51,6 @@ class JobRun:
         self.journal = join(cfg.output, JOURNAL, f"run-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
         self.lease: leases.Lease | None = None
         self.command = "harmony " + type(cfg).__name__.removesuffix("JobConfig").lower()
-        self.expected: int | None = None  # rows a stream over a Ray dataset will yield, when the job knows
 
     def __enter__(self) -> "JobRun":
         return self
@@ -110,7 +109,7 @@ class JobRun:
         ledger = CrashLedger(join(self.journal, "_attempts"), self.opts, self.cfg.max_worker_crashes)
         ds = apply_stages(source, stages, inputs=columns or (), keep=keep, finalize=finalize, transit=transit,
                           ledger=ledger)
-        progress = progress_of(self.echo, self.command, total if total is not None else self.expected)
+        progress = progress_of(self.echo, self.command, total)
         try:
             return journal_dataset(ds, self.journal, self.opts, read_back=read_back,
                                    on_block=progress.advance if progress is not None else None)

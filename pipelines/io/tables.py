@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs  # noqa: F401 - makes `pa.fs` available
 import pyarrow.parquet as pq
 
-from pipelines.io.storage import arrow_filesystem, filesystem, protocol_of, write_bytes_atomic
+from pipelines.io.storage import arrow_filesystem, filesystem, join, protocol_of, write_bytes_atomic
 
 JOURNAL = "_journal"
 METRICS_FILE = "metrics/metrics.parquet"
@@ -99,8 +99,6 @@ class _JournalWriter:
         self.uri, self.options = uri, options
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from pipelines.io.storage import join
-
         counts: dict[str, int] = {}
         if table.num_rows:
             write_table_atomic(table, join(self.uri, f"{uuid.uuid4().hex}.parquet"), self.options)

@@ -3,10 +3,9 @@ baseline engine on held-out composites, then install its weights with a model ca
 
 from __future__ import annotations
 
-import subprocess
-
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd

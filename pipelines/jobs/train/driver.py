@@ -48,13 +48,15 @@ def _rows(cfg: TrainJobConfig, uri: str) -> pd.DataFrame:
 def _preflight(cfg: TrainJobConfig) -> str:
     """What every worker would find wrong with --init, found once on the driver before Ray starts."""
     from harmony_ops.checkpoints import CheckpointError, resolve_checkpoint
+    from harmony_ops.training.objectives import OBJECTIVES, check_parts
 
     try:
         ck = resolve_checkpoint(cfg.init, refiner="auto", storage_options=cfg.storage_options)
+        check_parts(ck, OBJECTIVES[cfg.task].needs, cfg.init)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
     except (CheckpointError, FileNotFoundError) as exc:
         raise JobError(f"--init: {exc}") from None
-    if cfg.task == "refiner" and ck.refiner is None:
-        raise JobError(f"--task refiner: {cfg.init} has no refiner/ to start from")
     return ck.model_id
 
 
