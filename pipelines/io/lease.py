@@ -455,6 +455,13 @@ class Lease:
 
     def _mark_lost(self) -> None:
         cur = self.store.read()
+        # A takeover on a local file system is rename-aside-then-create: a read in between finds no lease.
+        # Look again for a moment so the message names the run that took over rather than "removed".
+        for _ in range(20):
+            if cur is not None:
+                break
+            time.sleep(0.05)
+            cur = self.store.read()
         self.lost_to = Holder.parse(cur[0], cur[2]) if cur is not None else None
         if self.lost_to is not None and self.lost_to.run_id == self.holder.run_id:
             # Still ours (a write whose answer was lost, a store switched to the best effort): carry on from it.

@@ -170,6 +170,36 @@ def test_heartbeat_notices_a_takeover_and_calls_on_lost(out):
     b.release()
 
 
+def test_a_beat_during_a_local_takeover_names_the_new_holder(tmp_path, monkeypatch):
+    # A local takeover renames the old lease aside and then creates the new one; a heartbeat in that gap
+    # finds no lease. It must still report who took over, not "removed by someone else".
+    output = str(tmp_path / "out")
+    a = acquire(output, {}, ttl=60, heartbeat=False)
+    in_gap, resume = threading.Event(), threading.Event()
+    create = leases._LocalStore.create
+
+    calls = []
+
+    def paused_create(self, data):
+        calls.append(data)
+        if len(calls) == 2:  # the first finds the live lease; the second follows the rename aside
+            in_gap.set()
+            resume.wait(10)
+        return create(self, data)
+
+    monkeypatch.setattr(leases._LocalStore, "create", paused_create)
+    taker: list = []
+    t = threading.Thread(target=lambda: taker.append(acquire(output, {}, ttl=60, force=True, heartbeat=False)))
+    t.start()
+    assert in_gap.wait(10)
+    threading.Timer(0.2, resume.set).start()
+    assert a.beat() is False
+    t.join(10)
+    assert a.lost_to is not None and a.lost_to.run_id == taker[0].holder.run_id
+    assert "taken over by run " + taker[0].holder.run_id in a.lost_message()
+    taker[0].release()
+
+
 def test_release_removes_the_lease_and_the_next_run_starts_fresh(out):
     output, opts = out
     a = acquire(output, opts, ttl=60, heartbeat=True)
