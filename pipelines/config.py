@@ -107,6 +107,12 @@ class ResolutionConfig(Strict):
     class_sizes: tuple[int, int] = Field((512, 1024), description="sides of the 512- and 1024-class pixel budgets")
     feather: int = Field(0, ge=0, le=256, description="feather the paste-back inside the mask edge, in pixels")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar(cls, v: Any) -> Any:
+        # `resolution: 512` (YAML) or `--resolution 512`: the mode, as `resolution` reads in the train job
+        return {"mode": v} if isinstance(v, (int, str)) else v
+
     @field_validator("mode", mode="before")
     @classmethod
     def _str_mode(cls, v: Any) -> Any:
@@ -200,6 +206,25 @@ def model_pool() -> PoolConfig:
     return PoolConfig(batch_size=4, min_workers=1, max_workers=1)
 
 
+def legacy_names(data: Any, renamed: dict[str, str]) -> Any:
+    """Move keys of an older configuration to their current place (`decode_pool` to `pools.decode`):
+    YAML files written before the rename keep working; both at once is an error."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        *parents, leaf = new.split(".")
+        node = data
+        for part in parents:
+            node[part] = node = dict(node.get(part) or {})
+        if leaf in node:
+            raise ValueError(f"{old} and {new} name the same setting: keep {new}")
+        node[leaf] = data.pop(old)
+    return data
+
+
 class PoolsConfig(Strict):
     """Size decode/finish so the model pool never waits: roughly (decode+encode seconds per image x
     model images per second) CPU workers per model actor."""
@@ -217,7 +242,13 @@ class FetchSettings(Strict):
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
 
 
-class JobConfig(Strict):
+class StorageOptions(Strict):
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for every client: KEY=VALUE, repeatable, e.g. "
+        "endpoint_url=http://host:9000")
+
+
+class JobConfig(StorageOptions):
     """Fields every Ray job shares: storage, robustness, where to run."""
 
     @property
@@ -232,7 +263,6 @@ class JobConfig(Strict):
         2, ge=1, le=20, description="worker deaths (native crash, OOM kill) on one batch before it is split; a row that "
         "still kills its worker this often is failed with worker_crashed"
     )
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
     ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
     allow_uri: list[str] = Field(

@@ -98,8 +98,18 @@ class Console:
     def __init__(self, format: Format = "text", quiet: bool = False, every: float = 10.0,
                  out: IO[str] | None = None, err: IO[str] | None = None):
         self.format, self.quiet, self.every = format, quiet, every
-        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self._out, self._err = out, err
         self.final = False  # set once the run's summary is written: what follows is the final summary
+
+    # Resolved when written to, not when made: while a job runs, `ray_logs_to_file` may point sys.stderr
+    # at a copy of the terminal and the process's own stderr at the log file.
+    @property
+    def out(self) -> IO[str]:
+        return self._out or sys.stdout
+
+    @property
+    def err(self) -> IO[str]:
+        return self._err or sys.stderr
 
     @property
     def is_tty(self) -> bool:

@@ -60,6 +60,37 @@ def silence_ray_data() -> None:
     route_ray_loggers()
 
 
+def _native_stderr_to(path: Path):
+    """Point the process's stderr (file descriptor 2) at the log file and sys.stderr at a copy of where it
+    pointed; returns the undo. Ray's native core worker writes its log lines to descriptor 2 itself, past
+    Python's logging: an ERROR line about Ray Data's own actor arguments
+    (https://github.com/ray-project/ray/issues/53727) appeared on every run. The job's own lines and
+    Python tracebacks go through sys.stderr, so they still reach the user. Nothing is done when sys.stderr
+    is not descriptor 2 (a test capturing it, an embedding application)."""
+    import sys
+
+    try:
+        if sys.stderr.fileno() != 2:
+            return lambda: None
+    except (AttributeError, OSError, ValueError):
+        return lambda: None
+    sys.stderr.flush()
+    saved, old = os.dup(2), sys.stderr
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=old.encoding or "utf-8", errors="backslashreplace")
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+
+    def undo() -> None:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = old
+
+    return undo
+
+
 @contextlib.contextmanager
 def ray_logs_to_file(command: str, verbose: bool = False) -> Iterator[Path | None]:
     """Route Ray's logs and Python warnings to a file while the block runs; yields its path (None
@@ -81,9 +112,11 @@ def ray_logs_to_file(command: str, verbose: bool = False) -> Iterator[Path | Non
     _state.update(quiet=True, handler=handler)
     route_ray_loggers()
     logging.captureWarnings(True)
+    native = _native_stderr_to(path)
     try:
         yield path
     finally:
+        native()
         _state.update(quiet=False, handler=None)
         logging.lastResort = last_resort
         logging.captureWarnings(False)

@@ -2,7 +2,8 @@
 (the train section), in one short call.
 
 `bench/gpu-check.sh` runs it on a lent GPU machine, where torch and CUDA are installed, diffusers comes as a
-carried wheel, and Ray, pandera, s3fs and pydantic are absent: nothing this module imports needs them. With
+carried wheel, and Ray, pandera, s3fs and pydantic are absent: nothing this module imports needs them (its
+flags are derived from a dataclass with the standard library, not from a pydantic model as `harmony`'s are). With
 `--dry-run` it runs the same grid logic on the CPU with the tiny architecture, in seconds.
 
 The grid, most important figures first, so that a stop at the time limit still leaves them:
@@ -41,6 +42,7 @@ from typing import Any
 
 from pipelines.devtools.bench.measure import SECTIONS_NOT_YET, _f, flops_per_image, machine, matmul_tflops, peak_tflops
 from pipelines.devtools.bench.model import ModelOptions, TunedModels, build_engine, model_row
+from pipelines.devtools.flags import add_dataclass_flags, dataclass_of, opt
 from pipelines.devtools.bench.train import TRAIN_TASKS, TrainModels, train_flops_per_sample, train_row
 
 # The sections of `harmony bench` this check runs on the bare GPU machine, in this order.
@@ -434,45 +436,59 @@ def run_train_section(a: argparse.Namespace, rec: Recorder, plan: list[TrainConf
     _free(cuda)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@dataclass
+class GpuCheckOptions:
+    """The check's flags, one per field (`--budget-s` for budget_s); unset fields take GPU_DEFAULTS, or
+    DRY_DEFAULTS with --dry-run."""
+
+    dry_run: bool = opt("the same grid on the CPU with the tiny architecture, in seconds", False)
+    arch: str | None = opt("architecture (default sd15-inpaint; tiny with --dry-run)", choices=("tiny", "sd15-inpaint"))
+    device: str | None = opt("cuda (default), cpu with --dry-run")
+    resolution: str | None = opt("comma-separated square sizes (default 512,1024)")
+    batch_size: str | None = opt("comma-separated batch sizes (default 1,4,8)")
+    dtypes: str | None = opt("comma-separated, the first is the base of every comparison (default fp16,bf16)")
+    repeats: int | None = opt("timed calls per row after the warm-up (default 3)")
+    steps: int | None = opt("denoising steps (default 5)")
+    budget_s: float | None = opt("seconds for the whole check from its start (default 420)")
+    compile_mode: str = opt("torch.compile mode", "default")
+    compile_backend: str | None = opt("torch.compile backend (inductor; eager with --dry-run)")
+    assumed_tflops: float | None = opt("rate assumed for the time estimate before any row ran")
+    compile_estimate_s: float | None = opt("compile time assumed before any compiled row ran")
+    threads: int | None = opt("torch CPU threads (default: torch's; 1 with --dry-run, which checks logic, not speed)")
+    train_resolution: str | None = opt("train section: comma-separated square sizes (default 512; 32 with --dry-run)")
+    train_batch_size: str | None = opt("train section: comma-separated batch sizes (default 1,4; 1,2 with --dry-run)")
+    train_precisions: str | None = opt("train section: comma-separated autocast precisions, the first at every size "
+                                        "and batch (default bf16,fp32; fp32 with --dry-run: the CPU runs fp32)")
+    train_share: float | None = opt("share of the budget kept for the train section when both run (default 0.15)")
+    sections: str = opt(f"comma-separated, from {', '.join(SECTIONS)} (default: all)", ",".join(SECTIONS))
+    out: str | None = opt("output folder (default: $OUT, else bench-results/gpu)")
+
+    def check(self) -> str | None:
+        """Fill the defaults; the first thing wrong, or None."""
+        for key, value in (DRY_DEFAULTS if self.dry_run else GPU_DEFAULTS).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.out = self.out or os.environ.get("OUT") or "bench-results/gpu"
+        self.sections = tuple(s for s in self.sections.split(",") if s)
+        if not 0 <= self.train_share <= 1:
+            return f"--train-share must be between 0 and 1, got {self.train_share}"
+        for s in self.train_precisions.split(","):
+            if s not in ("bf16", "fp16", "fp32"):
+                return f"train precision {s!r}: choose from bf16, fp16, fp32"
+        for s in self.sections:
+            if s in SECTIONS_NOT_YET:
+                return f"section {s}: {SECTIONS_NOT_YET[s]}"
+            if s not in SECTIONS:
+                return f"unknown section {s!r}; choose from {', '.join(SECTIONS)}"
+        return None
+
+
+def parse_args(argv: list[str] | None) -> GpuCheckOptions:
     p = argparse.ArgumentParser(prog="python -m pipelines.devtools.gpu_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dry-run", action="store_true", help="the same grid on the CPU with the tiny architecture, in seconds")
-    p.add_argument("--arch", choices=["tiny", "sd15-inpaint"])
-    p.add_argument("--device", help="cuda (default), cpu with --dry-run")
-    p.add_argument("--resolution", help="comma-separated square sizes (default 512,1024)")
-    p.add_argument("--batch-size", help="comma-separated batch sizes (default 1,4,8)")
-    p.add_argument("--dtypes", help="comma-separated, the first is the base of every comparison (default fp16,bf16)")
-    p.add_argument("--repeats", type=int, help="timed calls per row after the warm-up (default 3)")
-    p.add_argument("--steps", type=int, help="denoising steps (default 5)")
-    p.add_argument("--budget-s", type=float, help="seconds for the whole check from its start (default 420)")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
-    p.add_argument("--compile-backend", help="torch.compile backend (inductor; eager with --dry-run)")
-    p.add_argument("--assumed-tflops", type=float, help="rate assumed for the time estimate before any row ran")
-    p.add_argument("--compile-estimate-s", type=float, help="compile time assumed before any compiled row ran")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 with --dry-run, which checks logic, not speed)")
-    p.add_argument("--train-resolution", help="train section: comma-separated square sizes (default 512; 32 with --dry-run)")
-    p.add_argument("--train-batch-size", help="train section: comma-separated batch sizes (default 1,4; 1,2 with --dry-run)")
-    p.add_argument("--train-precisions", help="train section: comma-separated autocast precisions, the first at every "
-                                                "size and batch (default bf16,fp32; fp32 with --dry-run: the CPU runs fp32)")
-    p.add_argument("--train-share", type=float, help="share of the budget kept for the train section when both run (default 0.15)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--out", help="output folder (default: $OUT, else bench-results/gpu)")
-    a = p.parse_args(argv)
-    for key, value in (DRY_DEFAULTS if a.dry_run else GPU_DEFAULTS).items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    a.out = a.out or os.environ.get("OUT") or "bench-results/gpu"
-    a.sections = tuple(s for s in a.sections.split(",") if s)
-    if not 0 <= a.train_share <= 1:
-        p.error(f"--train-share must be between 0 and 1, got {a.train_share}")
-    for s in a.train_precisions.split(","):
-        if s not in ("bf16", "fp16", "fp32"):
-            p.error(f"train precision {s!r}: choose from bf16, fp16, fp32")
-    for s in a.sections:
-        if s in SECTIONS_NOT_YET:
-            p.error(f"section {s}: {SECTIONS_NOT_YET[s]}")
-        if s not in SECTIONS:
-            p.error(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+    add_dataclass_flags(p, GpuCheckOptions)
+    a = dataclass_of(GpuCheckOptions, p.parse_args(argv))
+    if (problem := a.check()) is not None:
+        p.error(problem)
     return a
 
 

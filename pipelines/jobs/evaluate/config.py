@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
 
-from pipelines.config import JobConfig, Location
+from pydantic import Field, model_validator
+
+from pipelines.config import JobConfig, Location, Strict, legacy_names
 from pipelines.core.stage import PoolConfig
 
 
 def _evaluate_pool() -> PoolConfig:
     return PoolConfig(num_cpus=1.0, num_gpus=0, batch_size=4, min_workers=1, max_workers=16)
+
+
+class EvaluatePools(Strict):
+    evaluate: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
 
 
 class EvaluateJobConfig(JobConfig):
@@ -25,4 +31,9 @@ class EvaluateJobConfig(JobConfig):
     compare: Location | None = Field(None, description="a second predictions folder, evaluated side by side (compare_* columns)")
     use_gt_bg: bool = Field(False, description="paste the ground-truth background into each prediction before any metric")
     report: bool = Field(True, description="write report.html under the output prefix")
-    pool: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
+    pools: EvaluatePools = Field(default_factory=EvaluatePools)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        return legacy_names(data, {"pool": "pools.evaluate"})

@@ -153,7 +153,7 @@ def _evaluate(run: JobRun, cfg: EvaluateJobConfig, echo) -> JobResult:
          + (f", compare {compare_folder} ({len(compare_names)} images)" if cfg.compare else "")
          + (", ground-truth background pasted" if cfg.use_gt_bg else ""))
 
-    stage = EvaluateStage.for_job(cfg, job_cols, cfg.pool.on_cluster(False))
+    stage = EvaluateStage.for_job(cfg, job_cols, cfg.pools.evaluate.on_cluster(False))
     fresh = run.stream(todo, [stage], keep=COLUMNS + COMPARE_METRICS + DELTA_METRICS, finalize=to_arrow,
                        transit=(COMPARE_INPUT,))
     if cfg.compare:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from pipelines.config import Location, ModelConfig, ResolutionConfig, Strict
+from pydantic_settings import CliPositionalArg
+
+from pipelines.config import Location, ModelConfig, ResolutionConfig, StorageOptions
 
 
-class ImageJobConfig(Strict):
+class ImageJobConfig(StorageOptions):
     """`harmony image`: one composite and mask to one output file."""
 
-    composite: Location = Field(description="composite image path or URI")
-    mask: Location = Field(description="foreground mask path or URI")
-    output: Location = Field(description="output image path or URI")
-    seed: int = Field(0, description="seed of this image's noise")
+    composite: CliPositionalArg[Location] = Field(description="the composite image: local path or URI (png, jpg, webp)")
+    mask: CliPositionalArg[Location] = Field(description="its foreground mask (white = foreground), same size as the "
+                                             "composite")
+    output: Location = Field(description="output image (.png, .jpg, .webp), local path or URI")
+    seed: int = Field(0, description="seed of this image's noise: the same seed gives the same output")
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harmony_ops.defaults import is_embedded
 from harmony_ops.perturb import DEFAULT_KIND_WEIGHTS, normalise_weights
-from pipelines.config import JobConfig, Location, ModelConfig, ResolutionConfig, model_pool
+from pipelines.config import JobConfig, Location, ModelConfig, ResolutionConfig, Strict, legacy_names, model_pool
 from pipelines.core.stage import PoolConfig
 
 
@@ -26,6 +26,13 @@ def _parse_range(v: Any) -> Any:
     return v
 
 
+class SynthesizePools(Strict):
+    synthesize: PoolConfig = Field(default_factory=_synthesize_pool,
+                                   description="the synthesis stage's tasks (CPU); batch_size in input rows")
+    model: PoolConfig = Field(default_factory=model_pool, description="method inverse: the model actors (GPU when "
+                              "present); batch_size in input rows")
+
+
 class SynthesizeJobConfig(JobConfig):
     """`harmony synthesize`: real images (+ masks) to iHarmony4-style training triples and their parameters."""
 
@@ -36,7 +43,8 @@ class SynthesizeJobConfig(JobConfig):
     )
     fg_ratio: tuple[float, float] = Field((0.05, 0.4), description="random masks: foreground ratio range (MIN,MAX), max 0.7")
     per_image: int = Field(1, ge=1, le=100, description="samples (composites) per real image")
-    kinds: dict[str, float] = Field(
+    # `| str`: the command line's "a,b" form reaches the validator as text (it always makes a mapping)
+    kinds: dict[str, float] | str = Field(
         default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS),
         description="perturbation kinds and their probabilities (normalised): colour_transfer, tone, day_night; "
         "'a,b' or 'a=0.5,b=0.5' on the command line (a kind without a weight gets its default)",
@@ -49,7 +57,7 @@ class SynthesizeJobConfig(JobConfig):
     donor_pool: int = Field(256, ge=1, le=100_000, description="colour transfer: foregrounds of the first N rows are the donors")
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of composite_images/ and real_images/")
     seed: int = Field(0, description="job seed; a sample depends only on it, the row id and the sample number")
-    pool: PoolConfig = Field(default_factory=_synthesize_pool, description="the synthesis stage's tasks (CPU); batch_size in input rows")
+    pools: SynthesizePools = Field(default_factory=SynthesizePools)
     method: Literal["classical", "inverse"] = Field(
         "classical", description="classical: perturb the foreground's colours; inverse: the inverse-harmonization model "
         "re-renders it (needs model.model, e.g. DST/inverse from convert-weights)"
@@ -57,8 +65,11 @@ class SynthesizeJobConfig(JobConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="inverse: the inverse model (DiffHarmony layout)")
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig, description="inverse: inference size planning")
     candidates: int = Field(4, ge=1, le=32, description="inverse: seeded candidates per sample; the largest fMSE in range is kept")
-    model_pool: PoolConfig = Field(default_factory=model_pool, description="inverse: the model actors (GPU when present); "
-                                   "batch_size in input rows")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        return legacy_names(data, {"pool": "pools.synthesize", "model_pool": "pools.model"})
 
     @model_validator(mode="after")
     def _inverse_needs_a_model(self) -> "SynthesizeJobConfig":

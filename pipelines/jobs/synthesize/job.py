@@ -88,7 +88,7 @@ def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool 
         return None
     ds, _ = read_input(cfg, columns)  # a dataset of its own, so ordering it does not slow the main pass
     ds.context.execution_options.preserve_order = True
-    stage = DonorStatsStage(cfg=cfg, pool=cfg.pool.on_cluster(False))
+    stage = DonorStatsStage(cfg=cfg, pool=cfg.pools.synthesize.on_cluster(False))
     rows = apply_stages(ds.limit(cfg.donor_pool), [stage], inputs=ds.columns()).take_all()
     return donor_pool_from(rows)
 
@@ -123,7 +123,7 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
         if len(donors) < 2:
             echo("warning: fewer than 2 donors; colour-transfer draws without a donor are rejected (no_donor)")
 
-    return _finish(run, cfg, echo, ds, donors, SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pool.on_cluster(False)))
+    return _finish(run, cfg, echo, ds, donors, SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pools.synthesize.on_cluster(False)))
 
 
 def inverse_model_id(cfg: SynthesizeJobConfig) -> str | None:
@@ -151,7 +151,7 @@ def _inverse_stage(cfg: SynthesizeJobConfig, model_id: str, echo) -> SynthesizeS
         + (f", first {cfg.limit} rows" if cfg.limit else "")
     )
     echo("note: the reference ranks candidates with a classifier whose weights are not released; the fMSE rule stands in")
-    return InverseSynthesizeStage(cfg=cfg, model_id=model_id, pool=cfg.model_pool.on_cluster(has_gpu))
+    return InverseSynthesizeStage(cfg=cfg, model_id=model_id, pool=cfg.pools.model.on_cluster(has_gpu))
 
 
 def _finish(run: JobRun, cfg: SynthesizeJobConfig, echo, ds, donors: DonorPool | None, stage: SynthesizeStage) -> JobResult:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+from typing import Any
+
 from pydantic import ConfigDict, Field, model_validator
 
-from pipelines.config import JobConfig, Location
+from pipelines.config import JobConfig, Location, Strict, legacy_names
 from pipelines.core.stage import PoolConfig
 
 
 def _train_decode_pool() -> PoolConfig:
     return PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=8, min_workers=1, max_workers=4)
+
+
+class TrainPools(Strict):
+    decode: PoolConfig = Field(default_factory=_train_decode_pool, description="fetch + decode + augment (CPU tasks)")
 
 
 class TrainJobConfig(JobConfig):
@@ -61,9 +67,14 @@ class TrainJobConfig(JobConfig):
     max_failures: int = Field(
         3, ge=0, le=100, description="worker deaths and transient errors survived (the run restarts from its last "
         "checkpoint); errors no restart can fix (a missing or broken --init, a shape mismatch) stop the run at once")
-    decode_pool: PoolConfig = Field(default_factory=_train_decode_pool, description="fetch + decode + augment (CPU tasks)")
+    pools: TrainPools = Field(default_factory=TrainPools)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        return legacy_names(data, {"decode_pool": "pools.decode"})
 
     @model_validator(mode="after")
     def _sizes(self) -> "TrainJobConfig":

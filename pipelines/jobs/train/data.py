@@ -99,7 +99,7 @@ def decoded_dataset(run, rows: pd.DataFrame, cfg: TrainJobConfig, train: bool, c
     """The rows as a lazy Ray dataset through the decode stage (re-run on every pass), then `stages`."""
     from pipelines.core.adapter import apply_stages
 
-    stage = TrainDecodeStage(cfg.fetch, cfg.resolution, cfg.random_crop, cfg.random_flip, train=train, pool=cfg.decode_pool,
+    stage = TrainDecodeStage(cfg.fetch, cfg.resolution, cfg.random_crop, cfg.random_flip, train=train, pool=cfg.pools.decode,
                              cached=cached)
     cols = ["row", "id", "composite", "mask", "real", "status", "error_type", "error_message"]
     cols += ["harmonized"] if cached else ["seed"] if stages else []

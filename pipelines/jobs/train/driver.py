@@ -67,7 +67,7 @@ def _plan(cfg: TrainJobConfig, echo) -> TrainPlan:
 
     fixed = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
     plan = plan_train(ray.cluster_resources(), cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker,
-                      cfg.decode_pool.num_cpus or 0.0, fixed)
+                      cfg.pools.decode.num_cpus or 0.0, fixed)
     if not fixed:
         await_resources(plan.need, ray.cluster_resources, cfg.resource_wait_seconds, echo)
     echo(f"harmony train: {plan.describe()}")

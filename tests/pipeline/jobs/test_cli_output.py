@@ -43,5 +43,6 @@ def test_json_log_format_lines_parse_and_ray_keeps_its_output_to_its_log_file(tm
     assert any(e["event"] == "message" and e["text"].startswith("RUN FAILED (exit 3)") for e in events)
     said = [e["text"] for e in events if e["event"] == "message" and e["text"].startswith("Ray's logs")]
     assert len(said) == 1 and "Started a local Ray instance" in Path(said[0].split(": ", 1)[1]).read_text()
-    for noise in ("Token authentication", "RayDeprecationWarning", "Total Progress", "UserWarning", "\x1b["):
+    for noise in ("Token authentication", "RayDeprecationWarning", "Total Progress", "UserWarning", "\x1b[",
+                  "constructor arguments in the object store"):
         assert noise not in r.stderr and noise not in r.stdout, noise

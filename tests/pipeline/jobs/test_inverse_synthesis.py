@@ -49,7 +49,7 @@ def test_stage_keeps_the_largest_fmse_in_range_over_a_bit_identical_background(c
         "manifest": str(reals / "manifest.csv"), "output": str(tmp_path / "out"), "method": "inverse", "candidates": 3,
         "fmse_range": (0, 1e9), "model": {"model": str(converted / "inverse"), "steps": 1, "device": "cpu"},
         "resolution": {"class_sizes": (64, 128)}, "model_pool": {"num_gpus": 0, "num_cpus": 1}})
-    stage = InverseSynthesizeStage(cfg=cfg, model_id="m1", pool=cfg.model_pool.on_cluster(False))
+    stage = InverseSynthesizeStage(cfg=cfg, model_id="m1", pool=cfg.pools.model.on_cluster(False))
     stage.setup()  # as an actor does, once
     batch = pd.read_csv(reals / "manifest.csv").iloc[:1]
     t = run_batch([stage], batch, finalize=params_to_arrow).to_pandas()

@@ -25,7 +25,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipelines.cli import _harmonize_flags, _train_flags, build_parser
+from pipelines.cli import build_parser, command_flags
 from pipelines.config import build
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.jobs.train.config import TrainJobConfig
@@ -116,7 +116,7 @@ def test_entrypoint_is_a_valid_harmony_command(where, spec, tmp_path):
     assert argv[0] == "harmony"
     args = build_parser().parse_args(argv[1:])  # SystemExit on an unknown flag
     if args.command == "train":  # all in flags: the training RayJob needs no ConfigMap
-        cfg = build(TrainJobConfig, None, _train_flags(args))
+        cfg = build(TrainJobConfig, None, command_flags(args))
         assert cfg.gpus_per_worker >= 1 and cfg.output.startswith("s3://") and cfg.precision != "fp32"
         gpu = [g for g in spec["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
         assert cfg.workers * cfg.gpus_per_worker <= gpu["replicas"] * _gpus(gpu["template"]["spec"]["containers"][0], "limits")
@@ -129,7 +129,7 @@ def test_entrypoint_is_a_valid_harmony_command(where, spec, tmp_path):
     assert volumes[mounts["/etc/harmony"]]["configMap"]["name"] == "harmony-job"
     # flags + YAML make a valid configuration, flags winning
     (tmp_path / "job.yaml").write_text(job_config_text())
-    cfg = build(HarmonizeJobConfig, tmp_path / "job.yaml", _harmonize_flags(args))
+    cfg = build(HarmonizeJobConfig, tmp_path / "job.yaml", command_flags(args))
     if args.actors:
         lo, _, hi = args.actors.partition(",")
         assert (cfg.pools.model.min_workers, cfg.pools.model.max_workers) == (int(lo), int(hi or lo))

@@ -8,7 +8,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from pipelines.cli import _harmonize_flags, build_parser
+from pipelines.cli import build_parser, command_flags
 from pipelines.config import ModelConfig, build
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.jobs.harmonize.job import config_key
@@ -167,7 +167,7 @@ def test_example_config_loads_and_flags_win():
     args = build_parser().parse_args(["harmonize", "--config", str(example), "--steps", "3", "--actors", "2,8",
                                       "--batch-size", "6", "--gpus-per-actor", "0.5", "--no-resume",
                                       "--storage-option", "endpoint_url=http://other:9000"])
-    cfg = build(HarmonizeJobConfig, args.config, _harmonize_flags(args))
+    cfg = build(HarmonizeJobConfig, args.config, command_flags(args))
     assert cfg.model.steps == 3 and cfg.model.scheduler == "euler_a"  # flag wins, YAML kept
     assert (cfg.pools.model.min_workers, cfg.pools.model.max_workers) == (2, 8)
     assert cfg.pools.model.batch_size == 6 and cfg.pools.model.num_gpus == 0.5
