@@ -110,12 +110,9 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return lab
 
 
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """Convert CIE L*a*b* to sRGB float64 in [0, 1], same shape.
-
-    Out-of-gamut colours are clipped to [0, 1]; a negative Z (very large b*) is clamped to
-    zero before the inverse transfer, as scikit-image does (without its warning).
-    """
+def lab_to_linear(lab: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* to linear-light RGB, unclipped: a colour is inside the sRGB gamut where all three
+    lie in [0, 1]. A negative Z (very large b*) is clamped to zero, as scikit-image does."""
     lab = np.asarray(lab, dtype=np.float64)
     _check_channels(lab, "lab")
     fy = (lab[..., 0] + 16.0) / 116.0
@@ -123,8 +120,15 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     fz = np.maximum(fy - lab[..., 2] / 200.0, 0.0)
     f = np.stack([fx, fy, fz], axis=-1)
     t = np.where(f > _LAB_INV_EPSILON, f**3, (f - _LAB_OFFSET) / _LAB_SLOPE)
-    linear = (t * _WHITE_D65) @ _RGB_FROM_XYZ.T
-    return np.clip(linear_to_srgb(linear), 0.0, 1.0)
+    return (t * _WHITE_D65) @ _RGB_FROM_XYZ.T
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Convert CIE L*a*b* to sRGB float64 in [0, 1], same shape.
+
+    Out-of-gamut colours are clipped to [0, 1] (`lab_to_linear` says which are out).
+    """
+    return np.clip(linear_to_srgb(lab_to_linear(lab)), 0.0, 1.0)
 
 
 def lab_to_rgb_uint8(lab: np.ndarray) -> np.ndarray:

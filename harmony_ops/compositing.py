@@ -254,3 +254,51 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(binary.astype(np.uint8) * 255)
     resized = np.asarray(img.resize((w, h), Image.Resampling.NEAREST))
     return (resized >= 128).astype(np.float32)
+
+
+# --- cutouts with a soft alpha -------------------------------------------------------------------
+
+
+def _over(base: np.ndarray, top: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """round((alpha*top + (255-alpha)*base) / 255) in integers: exactly `base` where alpha is 0 and
+    exactly `top` where it is 255, the blend in between."""
+    a = alpha.astype(np.uint32)[..., None]
+    return ((top.astype(np.uint32) * a + base.astype(np.uint32) * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def place_cutout(background: np.ndarray, cutout_rgb: np.ndarray, cutout_alpha: np.ndarray, x: int, y: int,
+                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Alpha-over of a cutout onto a background at (x, y), its top-left corner in background pixels,
+    after scaling it by `scale`. Returns (composite, alpha over the whole background, clipped): the
+    composite is the background's size; the part of the cutout outside it is dropped (clipped True)."""
+    bg = _check_rgb(background, "background")
+    fg = _check_rgb(cutout_rgb, "cutout")
+    alpha = np.asarray(cutout_alpha)
+    if alpha.shape != fg.shape[:2] or alpha.dtype != np.uint8:
+        raise ValueError(f"cutout alpha must be uint8 {fg.shape[:2]}, got {alpha.dtype} {alpha.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    if scale != 1.0:
+        size = (max(1, round(fg.shape[1] * scale)), max(1, round(fg.shape[0] * scale)))
+        fg, alpha = resize_rgb(fg, size), cv2.resize(alpha, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    h, w = bg.shape[:2]
+    fh, fw = alpha.shape
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + fw, w), min(y + fh, h)
+    full = np.zeros((h, w), np.uint8)
+    composite = bg.copy()
+    clipped = (x0, y0, x1, y1) != (x, y, x + fw, y + fh)
+    if x1 > x0 and y1 > y0:
+        a = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
+        full[y0:y1, x0:x1] = a
+        composite[y0:y1, x0:x1] = _over(bg[y0:y1, x0:x1], fg[y0 - y : y1 - y, x0 - x : x1 - x], a)
+    return composite, full, clipped
+
+
+def soft_paste(base: np.ndarray, harmonized: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The delivered image of a soft-alpha row: `base` (the background) where alpha is 0, bit for bit;
+    `harmonized` where it is 255; the alpha blend of the two in between (rounded to nearest)."""
+    b, t = _check_rgb(base, "base"), _check_rgb(harmonized, "harmonized")
+    a = np.asarray(alpha)
+    if b.shape != t.shape or a.shape != b.shape[:2] or a.dtype != np.uint8:
+        raise ValueError(f"base {b.shape}, harmonized {t.shape} and alpha {a.dtype} {a.shape} must agree (alpha uint8)")
+    return _over(b, t, a)

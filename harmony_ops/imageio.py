@@ -270,3 +270,20 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     kwargs = {"PNG": {"compress_level": 1}, "WEBP": {"quality": quality, "method": WEBP_METHOD}}.get(pil_fmt, {"quality": quality})
     Image.fromarray(img).save(buf, format=pil_fmt, **kwargs)
     return buf.getvalue()
+
+
+def decode_cutout(data: bytes, what: str = "foreground", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An RGBA cutout as (RGB uint8 H x W x 3, alpha uint8 H x W), oriented by its EXIF tag; an image
+    without an alpha channel is opaque (note "opaque_cutout")."""
+    raw = _open(data, what, max_pixels)
+    img = apply_orientation(raw, _orientation(raw))
+
+    def split(im: Image.Image) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        im, notes = _normalise_mode(im)
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            return np.asarray(rgba)[..., :3].copy(), np.asarray(rgba)[..., 3].copy(), notes
+        rgb = im.convert("RGB")
+        return np.asarray(rgb).copy(), np.full(rgb.size[::-1], 255, np.uint8), [*notes, "opaque_cutout"]
+
+    return _guarded(what, split, img)

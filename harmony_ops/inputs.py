@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .imageio import (DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_image, decode_mask, exif_notes, image_array,
-                      mask_array, orient_companion)
+from .compositing import place_cutout
+from .imageio import (DEFAULT_MAX_PIXELS, ImageError, apply_orientation, decode_cutout, decode_image, decode_mask, exif_notes,
+                      image_array, mask_array, orient_companion)
 from schemas.vocabulary import ErrorKind
 
 
@@ -68,3 +69,36 @@ def load_sample(
             )
         gt = image_array(real_img)
     return Sample(composite=image_array(comp_img), mask=m, real=gt, notes=notes, mask_grey=image_array(mask_img))
+
+
+def load_cutout_sample(foreground: bytes, background: bytes, x: float, y: float, scale: float | None = 1.0,
+                       real: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Sample, np.ndarray]:
+    """A cutout row: the RGBA `foreground` placed on `background` at (x, y) (its top-left corner, in
+    background pixels; scaled by `scale` first). Returns the sample (the alpha-over composite at the
+    background's size, the alpha binarised at 0.5 as its mask and kept whole as `mask_grey`) and the
+    background, which the soft paste-back blends onto. A cutout with no opaque pixel on the background is
+    `empty_mask`; one placed partly outside it is clipped (note "cutout_clipped")."""
+    fg, alpha, fg_notes = decode_cutout(foreground, "foreground", max_pixels)
+    bg_img, bg_or, bg_notes = decode_image(background, "background", max_pixels)
+    bg_img = apply_orientation(bg_img, bg_or)
+    bg = image_array(bg_img)
+    scale = 1.0 if scale is None or scale != scale else float(scale)
+    composite, full_alpha, clipped = place_cutout(bg, fg, alpha, int(x), int(y), scale)
+    notes = [f"foreground_{n}" for n in fg_notes] + [f"background_{n}" for n in bg_notes + exif_notes(bg_or)]
+    if clipped:
+        notes.append("cutout_clipped")
+    m = (full_alpha >= 128).astype(np.float32)
+    if not m.any():
+        raise ImageError(ErrorKind.EMPTY_MASK, "the cutout has no opaque pixel (alpha >= 0.5) on the background"
+                         + (" (it lies outside it)" if clipped else ""))
+    if m.all():
+        raise ImageError(ErrorKind.FULL_MASK, "the cutout covers the whole background: there is nothing to harmonize against")
+    gt = None
+    if real is not None:
+        real_img, real_or, _ = decode_image(real, "real", max_pixels)
+        real_img = apply_orientation(real_img, real_or)
+        if real_img.size != bg_img.size:
+            raise ImageError(ErrorKind.SIZE_MISMATCH, f"ground truth is {real_img.size[0]}x{real_img.size[1]} but "
+                             f"background is {bg_img.size[0]}x{bg_img.size[1]}")
+        gt = image_array(real_img)
+    return Sample(composite=composite, mask=m, real=gt, mask_grey=full_alpha, notes=notes), bg

@@ -140,6 +140,31 @@ class ResolutionConfig(Strict):
         )
 
 
+class FidelityConfig(Strict):
+    """Colour fidelity of the delivered foreground (harmony_ops/fidelity.py), for every engine."""
+
+    mode: Literal["free", "lighting"] = Field(
+        "free", description="free: the engine's output (the iHarmony4 protocol); lighting: the product keeps its "
+        "chroma per pixel, takes its lightness from the engine, and its mean colour may shift by at most "
+        "max_chroma_shift toward the engine's (the cast of the scene's light)")
+    max_chroma_shift: float | None = Field(
+        None, ge=0, le=100, description="bound, in ΔE76, on the shift of the foreground's mean a*b*; lighting: "
+        "unset is 3; free: only checked (the fidelity_ok column), never enforced")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v  # `fidelity: lighting`
+
+    def audit_bound(self) -> float | None:
+        """The bound fidelity_ok checks: the one enforced (lighting), or the one set for an audit."""
+        if self.mode == "lighting":
+            from harmony_ops.fidelity import DEFAULT_MAX_CHROMA_SHIFT
+
+            return DEFAULT_MAX_CHROMA_SHIFT if self.max_chroma_shift is None else self.max_chroma_shift
+        return self.max_chroma_shift
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():

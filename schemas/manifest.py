@@ -8,16 +8,23 @@ from pandera.typing import Series
 
 from .vocabulary import ID_MAX_LENGTH, ID_PATTERN
 
-REQUIRED = ("id", "composite", "mask")
+REQUIRED = ("id",)
+# A row gives its input one of two ways: a composite and its mask, or a cutout (an RGBA foreground whose
+# alpha is the mask) placed on a background at (x, y), its top-left corner in background pixels.
+LAYOUTS = {"composite": ("composite", "mask"), "cutout": ("foreground", "background", "x", "y")}
+PLACEMENT = ("x", "y", "scale")  # numbers; scale optional (default 1)
 OPTIONAL = ("real", "subset")
+URI_COLUMNS = ("composite", "mask", "foreground", "background", "real")
 
 
 class Manifest(pa.DataFrameModel):
     """`id` names the output file, so it must be a safe file name: letters, digits, `.`, `_`, `-`, no `..`."""
 
     id: Series[str] = pa.Field(str_matches=ID_PATTERN, str_length={"min_value": 1, "max_value": ID_MAX_LENGTH})
-    composite: Series[str] = pa.Field(str_length={"min_value": 1})
-    mask: Series[str] = pa.Field(str_length={"min_value": 1})
+    composite: Series[str] | None = pa.Field(nullable=True, str_length={"min_value": 1})
+    mask: Series[str] | None = pa.Field(nullable=True, str_length={"min_value": 1})
+    foreground: Series[str] | None = pa.Field(nullable=True, str_length={"min_value": 1})
+    background: Series[str] | None = pa.Field(nullable=True, str_length={"min_value": 1})
     real: Series[str] | None = pa.Field(nullable=True)
     subset: Series[str] | None = pa.Field(nullable=True)
 
@@ -36,19 +43,32 @@ def row_problems(df: pd.DataFrame) -> pd.Series:
     pandera validates lazily and reports failure cases with their row index; rows are
     then marked invalid one by one instead of rejecting the manifest.
     """
-    missing = [c for c in REQUIRED if c not in df.columns]
+    # The columns missing for the layout the table comes closest to (composite first on a tie).
+    missing = min(([c for c in REQUIRED + cols if c not in df.columns] for cols in LAYOUTS.values()), key=len)
     if missing:
-        raise ValueError(f"manifest lacks required column(s) {missing}; it has {list(df.columns)}")
+        raise ValueError(f"manifest lacks required column(s) {missing} (rows give id with composite and mask, or "
+                         f"with foreground, background, x and y); it has {list(df.columns)}")
     reasons = pd.Series([""] * len(df), index=df.index, dtype=object)
     # Object columns: placeholders below must fit whatever dtype the reader inferred (e.g. all-int ids).
-    work = df.astype({c: object for c in REQUIRED + OPTIONAL if c in df.columns})
-    for c in REQUIRED + OPTIONAL:
-        if c in work.columns:
-            # Non-string cells (numbers, nulls in required columns) are reported, not coerced.
-            bad_type = work[c].map(lambda v, optional=c in OPTIONAL: not (isinstance(v, str) or (optional and _isnull(v))))
-            for i in work.index[bad_type]:
-                reasons[i] = _join(reasons[i], f"{c}: must be a string" + ("" if c in OPTIONAL else " (required)"))
-            work.loc[bad_type, c] = "x" if c not in OPTIONAL else None
+    texts = ("id",) + URI_COLUMNS + ("subset",)
+    work = df.astype({c: object for c in texts if c in df.columns})
+    layout = row_layouts(work)
+    for c in texts:
+        if c not in work.columns:
+            continue
+        required = layout.map(lambda lay, c=c: c == "id" or c in LAYOUTS.get(lay, ()))
+        bad_type = pd.Series([not (isinstance(v, str) or (not req and _isnull(v))) for v, req in zip(work[c], required)],
+                             index=work.index)
+        for i in work.index[bad_type]:
+            reasons[i] = _join(reasons[i], f"{c}: must be a string" + (" (required)" if required[i] else ""))
+        work.loc[bad_type, c] = "x" if c == "id" else None
+    for i in work.index[layout == ""]:
+        reasons[i] = _join(reasons[i], "needs composite and mask, or foreground, background, x and y")
+    for i in work.index[layout == "cutout"]:
+        for c in PLACEMENT:
+            problem = _placement_problem(c, work.at[i, c] if c in work.columns else None)
+            if problem:
+                reasons[i] = _join(reasons[i], problem)
     try:
         Manifest.validate(work, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -60,6 +80,45 @@ def row_problems(df: pd.DataFrame) -> pd.Series:
             col, check = case.get("column"), str(case.get("check"))
             reasons[idx] = _join(reasons[idx], f"{col}: fails {check}")
     return reasons
+
+
+def row_layouts(df: pd.DataFrame) -> pd.Series:
+    """Per row: "composite" when it gives a composite or a mask, else "cutout" when it gives a foreground
+    or a background, else "" (neither)."""
+    def given(c: str) -> pd.Series:
+        return df[c].map(lambda v: not _isnull(v)) if c in df.columns else pd.Series(False, index=df.index)
+
+    composite = given("composite") | given("mask")
+    cutout = given("foreground") | given("background")
+    return pd.Series(["composite" if a else "cutout" if b else "" for a, b in zip(composite, cutout)], index=df.index,
+                     dtype=object)
+
+
+def _placement_problem(column: str, v) -> str:
+    if column == "scale" and _isnull(v):
+        return ""
+    if _isnull(v):
+        return f"{column}: missing (a cutout's placement needs x and y, in background pixels)"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not _numeric_text(v):
+        return f"{column}: {v!r} is not a number"
+    value = float(v)
+    if value != value or value in (float("inf"), float("-inf")):
+        return f"{column}: {v!r} is not a finite number"
+    if column == "scale":
+        return "" if 0 < value <= 16 else f"scale: {v!r} must be more than 0 and at most 16"
+    if value < 0:
+        return f"{column}: {v!r} is negative (the cutout's top-left corner must lie on the background)"
+    if value != int(value):
+        return f"{column}: {v!r} is not a whole number of pixels"
+    return ""
+
+
+def _numeric_text(v) -> bool:
+    try:
+        float(v)
+        return isinstance(v, str)
+    except (TypeError, ValueError):
+        return False
 
 
 def _isnull(v) -> bool:

@@ -15,32 +15,42 @@ STATUSES = tuple(FINAL_STATUSES)
 # prediction, and the same for the untouched composite (the do-nothing baseline).
 GT_METRICS = ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim", "mse_full", "psnr_full")
 COMPOSITE_METRICS = tuple(f"composite_{m}" for m in GT_METRICS)
-NOREF_METRICS = ("delta_e_fg", "stat_gap_before", "stat_gap_after")
+# Colour fidelity (harmony_ops/fidelity.py): how far the delivered foreground moved from the product's colour.
+FIDELITY_METRICS = ("fg_chroma_shift", "fg_hue_shift", "fg_lightness_shift")
+NOREF_METRICS = ("delta_e_fg", "stat_gap_before", "stat_gap_after") + FIDELITY_METRICS
 SECONDS = ("seconds_decode", "seconds_stage1", "seconds_refine", "seconds_finish")
 # Peak memory of the model worker that ran the row (operations: sizing pools and nodes).
 MEMORY = ("model_peak_host_mib", "model_peak_device_mib")
 
-STRING_COLUMNS = ("id", "status", "composite", "mask", "engine", "model", "config_key", "resolution_mode", "scheduler")
-NULLABLE_STRING_COLUMNS = ("subset", "error_type", "error_message", "real", "output", "fg_bucket", "crop", "notes")
+STRING_COLUMNS = ("id", "status", "engine", "model", "config_key", "resolution_mode", "scheduler")
+# composite and mask are null for cutout rows, which give foreground, background and a placement instead
+NULLABLE_STRING_COLUMNS = ("composite", "mask", "subset", "error_type", "error_message", "real", "output", "fg_bucket",
+                           "crop", "notes")
 INT_COLUMNS = ("row",)
 NULLABLE_INT_COLUMNS = ("width", "height", "inference_width", "inference_height", "steps", "seed")
 FLOAT_COLUMNS = ("fg_ratio",) + GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS + SECONDS + MEMORY
+# fidelity_ok: the chroma shift within the run's bound (null when the run set none)
+NULLABLE_BOOL_COLUMNS = ("fidelity_ok",)
 
 # Optional columns, present only where a job writes them (`harmony evaluate --compare`): a second
 # method's 256 px metrics, and per-image deltas (compare minus main). Typed float64 when present.
 COMPARE_METRICS = ("compare_mse", "compare_psnr", "compare_fmse", "compare_fpsnr", "compare_bmse", "compare_ssim")
 DELTA_METRICS = ("delta_psnr", "delta_fmse")
-OPTIONAL_FLOAT_COLUMNS = COMPARE_METRICS + DELTA_METRICS
+# A cutout row's placement and inputs (schemas/manifest.py), passed through from the manifest.
+PLACEMENT_COLUMNS = ("x", "y", "scale")
+OPTIONAL_FLOAT_COLUMNS = COMPARE_METRICS + DELTA_METRICS + PLACEMENT_COLUMNS
+OPTIONAL_STRING_COLUMNS = ("layout", "foreground", "background")
 
-COLUMNS = STRING_COLUMNS[:1] + ("row",) + STRING_COLUMNS[1:] + NULLABLE_STRING_COLUMNS + NULLABLE_INT_COLUMNS + FLOAT_COLUMNS
+COLUMNS = (("id", "row", "status", "composite", "mask") + STRING_COLUMNS[2:] + NULLABLE_STRING_COLUMNS[2:]
+           + NULLABLE_INT_COLUMNS + FLOAT_COLUMNS + NULLABLE_BOOL_COLUMNS)
 
 
 class Metrics(pa.DataFrameModel):
     id: Series[str]
     row: Series[int] = pa.Field(ge=0, unique=True)
     status: Series[str] = pa.Field(isin=STATUSES)
-    composite: Series[str]
-    mask: Series[str]
+    composite: Series[str] = pa.Field(nullable=True)
+    mask: Series[str] = pa.Field(nullable=True)
     engine: Series[str]
     model: Series[str]
     config_key: Series[str]
@@ -61,6 +71,9 @@ class Metrics(pa.DataFrameModel):
     steps: Series[pd.Int64Dtype] = pa.Field(nullable=True)
     seed: Series[pd.Int64Dtype] = pa.Field(nullable=True)
     fg_ratio: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    fg_chroma_shift: Series[float] = pa.Field(nullable=True, ge=0)
+    fg_hue_shift: Series[float] = pa.Field(nullable=True, ge=0, le=180)
+    fidelity_ok: Series[pd.BooleanDtype] = pa.Field(nullable=True)
 
     class Config:
         strict = False
@@ -78,7 +91,8 @@ class Metrics(pa.DataFrameModel):
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Every column of the table in its Arrow-friendly dtype (missing ones filled with nulls), then validated."""
-    out = typed_columns(df, COLUMNS, ints=INT_COLUMNS, nullable_ints=NULLABLE_INT_COLUMNS, floats=FLOAT_COLUMNS)
+    out = typed_columns(df, COLUMNS, ints=INT_COLUMNS, nullable_ints=NULLABLE_INT_COLUMNS, floats=FLOAT_COLUMNS,
+                        nullable_bools=NULLABLE_BOOL_COLUMNS)
     extra = [c for c in df.columns if c not in COLUMNS]
     for c in extra:  # optional columns and manifest pass-through columns
         out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64") if c in OPTIONAL_FLOAT_COLUMNS else df[c]
@@ -95,7 +109,9 @@ def arrow_schema_for(df: pd.DataFrame):
             fields.append(pa_.field(c, pa_.int64()))
         elif c in FLOAT_COLUMNS or c in OPTIONAL_FLOAT_COLUMNS:
             fields.append(pa_.field(c, pa_.float64()))
-        elif c in STRING_COLUMNS or c in NULLABLE_STRING_COLUMNS:
+        elif c in NULLABLE_BOOL_COLUMNS:
+            fields.append(pa_.field(c, pa_.bool_()))
+        elif c in STRING_COLUMNS or c in NULLABLE_STRING_COLUMNS or c in OPTIONAL_STRING_COLUMNS:
             fields.append(pa_.field(c, pa_.string()))
         else:
             fields.append(pa_.field(c, pa_.array(df[c].tolist(), from_pandas=True).type if len(df) else pa_.string()))

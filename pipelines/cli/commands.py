@@ -13,6 +13,7 @@ MODEL_FLAGS = {f"model.{n}": "--" + n.replace("_", "-") for n in (
     "allow_pickle")}
 STORAGE_FLAG = {"storage_options": "--storage-option"}
 RESOLUTION_FLAGS = {"resolution.mode": "--resolution", "resolution.feather": "--feather"}
+FIDELITY_FLAGS = {"fidelity.mode": "--fidelity", "fidelity.max_chroma_shift": "--max-chroma-shift"}
 MODEL_POOL_FLAGS = {"pools.model.batch_size": "--batch-size", "pools.model.num_gpus": "--gpus-per-actor"}
 
 
@@ -161,9 +162,10 @@ def cmd_convert_weights(o, console) -> int:
 _MODEL_JOB = {**MODEL_FLAGS, **STORAGE_FLAG, **RESOLUTION_FLAGS}
 COMMANDS: tuple[Command, ...] = (
     Command("image", "harmonize one composite with its mask", cmd_image, "pipelines.jobs.image.config:ImageJobConfig",
-            {**_MODEL_JOB, "output": "-o"}, yaml=True),
+            {**_MODEL_JOB, **FIDELITY_FLAGS, "output": "-o"}, yaml=True),
     Command("harmonize", "run the Ray Data job over a manifest", cmd_harmonize,
-            "pipelines.jobs.harmonize.config:HarmonizeJobConfig", {**_MODEL_JOB, **MODEL_POOL_FLAGS}, yaml=True,
+            "pipelines.jobs.harmonize.config:HarmonizeJobConfig", {**_MODEL_JOB, **MODEL_POOL_FLAGS, **FIDELITY_FLAGS},
+            yaml=True,
             ray_job=True),
     Command("evaluate", "score a folder of harmonized images against ground truth (iHarmony4 protocol)", cmd_evaluate,
             "pipelines.jobs.evaluate.config:EvaluateJobConfig", STORAGE_FLAG, yaml=True, ray_job=True),

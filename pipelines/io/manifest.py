@@ -10,10 +10,11 @@ import hashlib
 import io
 import posixpath
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from schemas.manifest import OPTIONAL, row_problems
+from schemas.manifest import OPTIONAL, PLACEMENT, URI_COLUMNS, row_layouts, row_problems
 from schemas.vocabulary import ID_RULE, ErrorKind, Status, is_safe_name
 
 from pipelines.errors import ManifestError
@@ -72,7 +73,7 @@ def row_seed(seed: int, row_id: str) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF
 
 
-def uri_problems(out: pd.DataFrame, policy: AccessPolicy, columns=("composite", "mask", "real")) -> pd.Series:
+def uri_problems(out: pd.DataFrame, policy: AccessPolicy, columns=URI_COLUMNS) -> pd.Series:
     """Per row, the (resolved) URIs the access policy refuses, naming the column and the URI ("" when none)."""
     def problems(rec) -> str:
         refused = [(c, rec[c], policy.refusal(rec[c])) for c in columns if is_uri(rec[c])]
@@ -94,11 +95,14 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
     out = df.copy()
     out.insert(0, "row", range(len(out)))
     base = manifest_dir(manifest_uri)
-    for c in ("composite", "mask", "real"):
+    for c in URI_COLUMNS:
         if c in out.columns:
             out[c] = out[c].map(lambda v: resolve_uri(base, v))
         else:
             out[c] = None
+    for c in PLACEMENT:  # numbers of cutout rows (checked by row_problems); null for composite rows
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64") if c in out.columns else np.nan
+    out["layout"] = row_layouts(out)
     if "subset" not in out.columns:
         out["subset"] = None
     out["status"] = Status.PENDING

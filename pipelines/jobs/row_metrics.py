@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harmony_ops.fidelity import fidelity_metrics
 from harmony_ops.metrics import (
     ProtocolReference,
     evaluate_arrays,
@@ -11,10 +12,10 @@ from harmony_ops.metrics import (
     no_reference_metrics,
     protocol_reference_arrays,
 )
-from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS
+from schemas.metrics import COMPOSITE_METRICS, GT_METRICS, NOREF_METRICS, NULLABLE_BOOL_COLUMNS
 
 # Every column `row_metrics` may fill (ground-truth ones only for rows that have ground truth).
-ROW_METRICS = NOREF_METRICS + GT_METRICS + COMPOSITE_METRICS
+ROW_METRICS = NOREF_METRICS + NULLABLE_BOOL_COLUMNS + GT_METRICS + COMPOSITE_METRICS
 
 
 def gt_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefix: str = "", *,
@@ -35,14 +36,17 @@ def protocol_columns(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, prefi
             f"{prefix}bmse": ref.bmse, f"{prefix}ssim": ref.ssim}
 
 
-def row_metrics(sample, out: np.ndarray, *, eval_mask: np.ndarray | None = None, use_gt_bg: bool = False) -> dict[str, float]:
+def row_metrics(sample, out: np.ndarray, *, eval_mask: np.ndarray | None = None, use_gt_bg: bool = False,
+                max_chroma_shift: float | None = None) -> dict[str, float]:
     """No-reference metrics always; against ground truth (for the output and for the untouched
     composite, the do-nothing baseline) when the sample has it. `eval_mask` (default: the
     sample's binarised mask) is the mask the ground-truth protocol sees, e.g. a soft mask's
-    8-bit values, which the protocol dithers as the reference does."""
+    8-bit values, which the protocol dithers as the reference does. `max_chroma_shift`: the colour
+    fidelity bound that `fidelity_ok` checks (None: no bound, fidelity_ok null)."""
     fg = sample.mask >= 0.5  # the sample's binarised mask as bool: what every metric reads, made once
     nr = no_reference_metrics(sample.composite, out, fg)
-    cols = {"delta_e_fg": nr.delta_e_fg, "stat_gap_before": nr.stat_gap_before, "stat_gap_after": nr.stat_gap_after}
+    cols = {"delta_e_fg": nr.delta_e_fg, "stat_gap_before": nr.stat_gap_before, "stat_gap_after": nr.stat_gap_after,
+            **fidelity_metrics(sample.composite, out, fg, max_chroma_shift)}
     if sample.real is not None:
         m = fg if eval_mask is None else eval_mask
         # The ground truth and mask at 256 px are the same for both predictions: prepared once.

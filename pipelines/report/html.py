@@ -159,10 +159,16 @@ def _all_metrics_table(summary: dict) -> str:
             cells.append(cell(cmp, key, digits) if key in ("mse", "psnr", "fmse", "fpsnr", "bmse", "ssim") else "—")
         body.append(f"<tr><th scope=\"row\">{esc(label)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     for label, key in (("Foreground change ΔE (Lab)", "delta_e_fg"), ("fg/bg colour gap, composite", "stat_gap_before"),
-                       ("fg/bg colour gap, prediction", "stat_gap_after")):
+                       ("fg/bg colour gap, prediction", "stat_gap_after"),
+                       ("Foreground chroma shift ΔE (mean a*b*)", "fg_chroma_shift"),
+                       ("Foreground hue shift, degrees", "fg_hue_shift"),
+                       ("Foreground lightness shift ΔL*", "fg_lightness_shift")):
         if a.get(key) is not None:
             body.append(f"<tr><th scope=\"row\">{esc(label)}</th><td>{cell(a, key, 2)}</td><td>—</td>"
                         + ("<td>—</td>" if cmp is not None else "") + "</tr>")
+    if a.get("fidelity_checked"):
+        body.append(f"<tr><th scope=\"row\">Within the colour-fidelity bound</th><td>{a['fidelity_ok']} of "
+                    f"{a['fidelity_checked']}</td><td>—</td>" + ("<td>—</td>" if cmp is not None else "") + "</tr>")
     return f'<table class="paper" id="table-all-metrics"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 

@@ -46,6 +46,10 @@ def metric_block(df: pd.DataFrame) -> dict[str, Any]:
     for m in GT_METRICS + COMPOSITE_METRICS + NOREF_METRICS:
         if m in df.columns:
             out[m], out[f"{m}_count"], out[f"{m}_infinite"] = metric_stats(df[m])
+    if "fidelity_ok" in df.columns:  # colour fidelity against the run's bound: rows checked, rows within it
+        checked = df["fidelity_ok"].dropna()
+        if len(checked):
+            out["fidelity_checked"], out["fidelity_ok"] = int(len(checked)), int(checked.astype(bool).sum())
     return out
 
 
@@ -131,5 +135,11 @@ def headline(summary: dict) -> str:
         lines.append(
             f"no-reference over {a.get('delta_e_fg_count', a['count'])} rows: foreground change dE {_fmt(a, 'delta_e_fg', 2)}, "
             f"fg/bg colour gap {_fmt(a, 'stat_gap_before', 2)} -> {_fmt(a, 'stat_gap_after', 2)}"
+        )
+    if a.get("fg_chroma_shift") is not None:
+        within = f"; within the bound: {a['fidelity_ok']} of {a['fidelity_checked']}" if a.get("fidelity_checked") else ""
+        lines.append(
+            f"colour fidelity: chroma shift dE {_fmt(a, 'fg_chroma_shift', 2)}, hue shift {_fmt(a, 'fg_hue_shift', 1)} deg, "
+            f"lightness shift {_fmt(a, 'fg_lightness_shift', 2)}{within}"
         )
     return "\n".join(lines)

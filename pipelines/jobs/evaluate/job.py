@@ -24,7 +24,7 @@ from pipelines.io.storage import filesystem, is_uri, join
 from pipelines.io.tables import METRICS_FILE
 from pipelines.jobs.evaluate.stage import COMPARE_INPUT, EvaluateStage
 from pipelines.report.summary import aggregate, build_summary, headline
-from schemas.metrics import COLUMNS, COMPARE_METRICS, DELTA_METRICS, GT_METRICS, to_arrow
+from schemas.metrics import COLUMNS, COMPARE_METRICS, DELTA_METRICS, GT_METRICS, NOREF_METRICS, to_arrow
 from schemas.vocabulary import DONE, ErrorKind, Status
 
 PREDICTION_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -88,7 +88,7 @@ def compare_summary(metrics: pd.DataFrame, folder: str) -> dict:
     """The compare method's aggregates in the same layout (over rows scored for both methods), and
     the mean per-image deltas (compare minus main)."""
     done = metrics[metrics["status"].isin(DONE) & metrics["compare_mse"].notna()]
-    own = [c for c in metrics.columns if c in GT_METRICS or c.startswith("composite_") or c in ("delta_e_fg", "stat_gap_before", "stat_gap_after")]
+    own = [c for c in metrics.columns if c in GT_METRICS or c.startswith("composite_") or c in NOREF_METRICS + ("fidelity_ok",)]
     as_main = done.drop(columns=own).rename(columns={c: c.removeprefix("compare_") for c in COMPARE_METRICS})
     blocks = aggregate(as_main)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig
+from pipelines.config import FidelityConfig, JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig
 
 
 class HarmonizeJobConfig(JobConfig):
@@ -17,6 +17,10 @@ class HarmonizeJobConfig(JobConfig):
     output: Location = Field(description="output prefix URI: images/, metrics/, summary.json are written under it")
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    soft_paste: bool = Field(False, description="composite rows: the mask's grey levels (8 or 16 bit) are the "
+                             "paste-back alpha, while the model still sees the mask binarised; cutout rows always "
+                             "paste with their alpha")
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     seed: int = Field(0, description="job seed; each row's noise seed is derived from it and the row id")
     image_format: Literal["png", "jpg", "webp"] = Field("png", description="format of images/{id}.{ext} (jpeg: jpg)")

@@ -1,5 +1,6 @@
-"""The harmonize job's first stage (CPU tasks): fetch composite, mask and ground truth, decode them
-with the input guards, plan the inference region and cut it out for the engine. Never imports torch."""
+"""The harmonize job's first stage (CPU tasks): fetch composite, mask and ground truth (or a cutout and
+its background, composed here), decode them with the input guards, plan the inference region and cut it
+out for the engine. Never imports torch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harmony_ops.inputs import load_sample
+from harmony_ops.inputs import load_cutout_sample, load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
 from harmony_ops.worker import setup_cpu_worker
@@ -21,7 +22,16 @@ from schemas.vocabulary import ErrorKind
 
 # The encoded files travel on to the finish stage, not their pixels: a 12 MP image is a few MB
 # encoded but 36 MB raw in the object store; decoding again on a CPU worker is the cheaper side.
+# A cutout row's foreground and background travel in comp_bytes and mask_bytes (`layout` says which).
 ENCODED = ("comp_bytes", "mask_bytes", "real_bytes")
+CUTOUT_COLUMNS = ("layout", "foreground", "background", "x", "y", "scale")
+
+
+def load_row(row, comp: bytes, mask: bytes, real: bytes | None, max_pixels: int):
+    """(sample, the base a soft paste-back blends onto: a cutout's background, else None) of one row."""
+    if row["layout"] == "cutout":
+        return load_cutout_sample(comp, mask, row["x"], row["y"], row["scale"], real, max_pixels=max_pixels)
+    return load_sample(comp, mask, real, max_pixels=max_pixels), None
 
 
 @dataclass
@@ -36,7 +46,7 @@ class DecodeStage(Stage):
         return cls(cfg.fetch, cfg.resolution.policy(), needs_resize, pool or PoolConfig())
 
     name = "decode"
-    reads = ("status", "composite", "mask", "real")
+    reads = ("status", "composite", "mask", "real") + CUTOUT_COLUMNS
     writes = ENCODED + REGION_COLUMNS + ("fg_bucket", "notes", "seconds_decode")
 
     def setup(self) -> None:
@@ -48,15 +58,16 @@ class DecodeStage(Stage):
             t = time.perf_counter()
             row = batch.loc[i]
             try:
-                comp = read_with_retries(row["composite"], opts, retries)
-                mask = read_with_retries(row["mask"], opts, retries)
+                cutout = row["layout"] == "cutout"
+                comp = read_with_retries(row["foreground" if cutout else "composite"], opts, retries)
+                mask = read_with_retries(row["background" if cutout else "mask"], opts, retries)
                 real_uri = row["real"]
                 real = read_with_retries(real_uri, opts, retries) if is_uri(real_uri) else None
             except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue
             try:
-                sample = load_sample(comp, mask, real, max_pixels=self.fetch.max_pixels)
+                sample, _ = load_row(row, comp, mask, real, self.fetch.max_pixels)
                 item = prepare(sample.composite, sample.mask, policy, resize=self.needs_resize)
             except Exception as exc:  # noqa: BLE001 - decoders raise many types; ImageError says which guard
                 fail_with(batch, i, exc, ErrorKind.DECODE_ERROR, storage=False)

@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harmony_ops.fidelity import apply_fidelity
 from harmony_ops.imageio import encode_image
-from harmony_ops.inputs import load_sample
+from harmony_ops.compositing import soft_paste
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
 from harmony_ops.worker import setup_cpu_worker
-from pipelines.config import FetchSettings
+from pipelines.config import FetchSettings, FidelityConfig
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
-from pipelines.jobs.harmonize.decode import ENCODED
+from pipelines.jobs.harmonize.decode import CUTOUT_COLUMNS, ENCODED, load_row
 from pipelines.jobs.row_metrics import ROW_METRICS, row_metrics
 from schemas.vocabulary import BAD, SEGMENT, ErrorKind, Status
 
@@ -45,13 +46,16 @@ class FinishStage(Stage):
     feather: int
     job_columns: dict  # what every row of the run shares (`job_columns`)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    soft_paste: bool = False  # composite rows: the mask's grey levels are the paste-back alpha (cutouts: always)
 
     @classmethod
     def for_job(cls, cfg: HarmonizeJobConfig, columns: dict, pool: PoolConfig | None = None) -> "FinishStage":
-        return cls(cfg.fetch, cfg.output, cfg.image_format, cfg.resolution.feather, columns, pool or PoolConfig())
+        return cls(cfg.fetch, cfg.output, cfg.image_format, cfg.resolution.feather, columns, pool or PoolConfig(),
+                   cfg.fidelity, cfg.soft_paste)
 
     name = "finish"
-    reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS
+    reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS + CUTOUT_COLUMNS
     writes = ("seconds_finish",) + ROW_METRICS + JOB_COLUMNS
 
     def setup(self) -> None:
@@ -67,14 +71,14 @@ class FinishStage(Stage):
                 continue
             try:
                 # A row without ground truth: no `real_bytes` (a null cell), no-reference metrics only.
-                sample = load_sample(row["comp_bytes"], row["mask_bytes"], cell(row, "real_bytes"),
-                                     max_pixels=self.fetch.max_pixels)
+                sample, background = load_row(row, row["comp_bytes"], row["mask_bytes"], cell(row, "real_bytes"),
+                                              self.fetch.max_pixels)
                 box = plan_from_columns(row).region
                 region = unpack(row["result_rgb"], box[3] - box[1], box[2] - box[0])
-                out = finish(sample.composite, sample.mask, box, region, self.feather)
+                out = self.deliver(sample, background, box, region)
                 write_with_retries(row["output"], encode_image(out, self.image_format), self.fetch.storage_options,
                                    self.fetch.retries)
-                values = row_metrics(sample, out)
+                values = row_metrics(sample, out, max_chroma_shift=self.fidelity.audit_bound())
             except Exception as exc:  # noqa: BLE001
                 fail_with(batch, i, exc, ErrorKind.FINISH_ERROR)
                 continue
@@ -83,6 +87,21 @@ class FinishStage(Stage):
             batch[k] = v
         batch.loc[batch["status"].isin(BAD), "output"] = None
         return batch
+
+
+    def deliver(self, sample, background, box, region):
+        """The image written for a row: the engine's region pasted back (through the binarised mask, or
+        blended with the soft alpha), with the colour-fidelity policy applied inside the mask."""
+        f = self.fidelity
+        if background is None and not self.soft_paste:
+            out = finish(sample.composite, sample.mask, box, region, self.feather)
+            return apply_fidelity(sample.composite, out, sample.mask, f.mode, f.max_chroma_shift)
+        # Soft: the engine's whole region (fidelity inside the mask), alpha-blended onto the background;
+        # a composite row blends onto its composite, which is its background where the alpha is 0.
+        whole = sample.composite.copy()
+        whole[box[1]:box[3], box[0]:box[2]] = region
+        whole = apply_fidelity(sample.composite, whole, sample.mask, f.mode, f.max_chroma_shift)
+        return soft_paste(sample.composite if background is None else background, whole, sample.mask_grey)
 
 
 def output_allowed(uri, output: str) -> bool:

@@ -92,6 +92,10 @@ def config_key(cfg: HarmonizeJobConfig, model_id: str) -> str:
         "resolution": cfg.resolution.model_dump(mode="json"),
         "image_format": cfg.image_format,
     }
+    if cfg.soft_paste:  # the defaults leave the pixels as they were: earlier runs' keys stay valid
+        parts["soft_paste"] = True
+    if cfg.fidelity.mode != "free":
+        parts["fidelity"] = {"mode": cfg.fidelity.mode, "max_chroma_shift": cfg.fidelity.audit_bound()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from pydantic_settings import CliPositionalArg
 
-from pipelines.config import Location, ModelConfig, ResolutionConfig, StorageOptions
+from pipelines.config import FidelityConfig, Location, ModelConfig, ResolutionConfig, StorageOptions
 
 
 class ImageJobConfig(StorageOptions):
@@ -19,3 +19,4 @@ class ImageJobConfig(StorageOptions):
     seed: int = Field(0, description="seed of this image's noise: the same seed gives the same output")
     model: ModelConfig = Field(default_factory=ModelConfig)
     resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)

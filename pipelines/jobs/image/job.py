@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harmony_ops.fidelity import apply_fidelity, fidelity_metrics
 from harmony_ops.regions import finish, prepare
 from harmony_ops.imageio import encode_image
 from harmony_ops.inputs import load_sample
@@ -50,8 +51,10 @@ def run_image(cfg: ImageJobConfig) -> ImageResult:
     result = engine.run([item], [cfg.seed])
     seconds.update(result.seconds)
     out = finish(sample.composite, sample.mask, item.plan.region, result.regions[0], feather=cfg.resolution.feather)
+    out = apply_fidelity(sample.composite, out, sample.mask, cfg.fidelity.mode, cfg.fidelity.max_chroma_shift)
     write_bytes_atomic(cfg.output, encode_image(out, fmt), opts)
-    metrics = no_reference_metrics(sample.composite, out, sample.mask).as_dict()
+    metrics = {**no_reference_metrics(sample.composite, out, sample.mask).as_dict(),
+               **fidelity_metrics(sample.composite, out, sample.mask, cfg.fidelity.audit_bound())}
     h, w = out.shape[:2]
     assert np.array_equal(out[sample.mask < 0.5], sample.composite[sample.mask < 0.5])
     return ImageResult(cfg.output, w, h, item.plan, seconds, dict(metrics), sample.notes)

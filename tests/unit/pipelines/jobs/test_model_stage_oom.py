@@ -14,7 +14,7 @@ from harmony_ops.masks import ellipse
 from pipelines.config import ModelConfig
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.adapter import bind
-from pipelines.jobs.harmonize.decode import DecodeStage
+from pipelines.jobs.harmonize.decode import CUTOUT_COLUMNS, DecodeStage
 from pipelines.jobs.harmonize.finish import FinishStage, job_columns
 from pipelines.jobs.harmonize.model import ModelStage
 from schemas.metrics import COLUMNS
@@ -71,7 +71,7 @@ def model_stage(tmp_path, engine):
     stage = ModelStage.for_job(cfg)
     stage.engine = engine  # what setup() would load
     chain = [DecodeStage.for_job(cfg, False), stage, FinishStage.for_job(cfg, job_columns(cfg, "fake", "k"))]
-    return bind(chain, inputs=["row", "id", "status", "seed", "output", "composite", "mask", "real"], keep=COLUMNS)[1]
+    return bind(chain, inputs=["row", "id", "status", "seed", "output", "composite", "mask", "real", *CUTOUT_COLUMNS], keep=COLUMNS)[1]
 
 
 @pytest.fixture

@@ -1,0 +1,129 @@
+"""Cutouts with a soft alpha (harmony_ops/compositing.py place_cutout / soft_paste, harmony_ops/inputs.py
+load_cutout_sample) and their manifest rows (schemas/manifest.py): alpha 0 is the background bit for bit,
+alpha 255 the harmonized foreground, the blend in between; clipping, empty cutouts and bad placements."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from harmony_ops.compositing import place_cutout, soft_paste
+from harmony_ops.imageio import ImageError
+from harmony_ops.inputs import load_cutout_sample
+from schemas.manifest import row_problems
+from schemas.vocabulary import ErrorKind
+
+
+def png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+images = st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(images)
+def test_soft_paste_is_the_background_at_0_the_foreground_at_255_and_the_blend_between(spec):
+    h, w, seed = spec
+    rng = np.random.default_rng(seed)
+    base, top = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2))
+    alpha = rng.choice(np.array([0, 255, *rng.integers(1, 255, 3)], np.uint8), (h, w))
+    out = soft_paste(base, top, alpha)
+    assert np.array_equal(out[alpha == 0], base[alpha == 0])
+    assert np.array_equal(out[alpha == 255], top[alpha == 255])
+    a = alpha[..., None] / 255.0
+    expected = a * top + (1 - a) * base
+    assert np.abs(out.astype(float) - expected).max() <= 0.5 + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(images, st.integers(-30, 30), st.integers(-30, 30))
+def test_placing_a_cutout_keeps_the_background_where_it_is_transparent_and_clips_at_the_edges(spec, x, y):
+    h, w, seed = spec
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    comp, full, clipped = place_cutout(bg, fg, alpha, x, y)
+    assert comp.shape == bg.shape and full.shape == bg.shape[:2]
+    assert np.array_equal(comp[full == 0], bg[full == 0])
+    inside = (x >= 0 and y >= 0 and x + w <= 26 and y + h <= 20)
+    assert clipped == (not inside)
+    ys, xs = np.nonzero(full)
+    if len(ys):
+        assert ys.min() >= max(y, 0) and xs.min() >= max(x, 0) and ys.max() < y + h and xs.max() < x + w
+        sy, sx = ys[0] - y, xs[0] - x
+        assert full[ys[0], xs[0]] == alpha[sy, sx]
+
+
+def test_a_scaled_cutout_covers_its_scaled_size():
+    bg = np.zeros((40, 40, 3), np.uint8)
+    fg = np.full((10, 8, 3), 200, np.uint8)
+    comp, full, clipped = place_cutout(bg, fg, np.full((10, 8), 255, np.uint8), 5, 6, scale=2.0)
+    assert not clipped and (full == 255).sum() == 20 * 16 and full[6, 5] == 255 and full[26, 21] == 0
+
+
+def rgba_cutout(h=20, w=16, soft=True) -> bytes:
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = [30, 60, 200]
+    rgba[3:-3, 3:-3, 3] = 255
+    if soft:
+        rgba[2, 3:-3, 3] = 128
+        rgba[1, 3:-3, 3] = 40
+    return png(rgba, "RGBA")
+
+
+def test_load_cutout_sample_composes_at_the_backgrounds_size_with_a_binarised_mask_and_the_soft_alpha():
+    bg = np.full((50, 60, 3), [160, 110, 60], np.uint8)
+    sample, background = load_cutout_sample(rgba_cutout(), png(bg), 10, 5)
+    assert sample.composite.shape == (50, 60, 3) and np.array_equal(background, bg)
+    assert sample.mask_grey[5 + 2, 10 + 5] == 128 and sample.mask[5 + 2, 10 + 5] == 1.0
+    assert sample.mask_grey[5 + 1, 10 + 5] == 40 and sample.mask[5 + 1, 10 + 5] == 0.0
+    assert np.array_equal(sample.composite[sample.mask_grey == 0], bg[sample.mask_grey == 0])
+    clipped, _ = load_cutout_sample(rgba_cutout(), png(bg), 50, 40)
+    assert "cutout_clipped" in clipped.notes
+    with pytest.raises(ImageError) as e:
+        load_cutout_sample(rgba_cutout(), png(bg), 59, 49)  # only its transparent corner lands on the background
+    assert e.value.kind == ErrorKind.EMPTY_MASK
+    transparent = np.zeros((8, 8, 4), np.uint8)
+    with pytest.raises(ImageError) as e:
+        load_cutout_sample(png(transparent, "RGBA"), png(bg), 0, 0)
+    assert e.value.kind == ErrorKind.EMPTY_MASK
+    opaque, _ = load_cutout_sample(png(np.full((8, 8, 3), 9, np.uint8)), png(bg), 0, 0)
+    assert "foreground_opaque_cutout" in opaque.notes and opaque.mask[:8, :8].all()
+
+
+def test_placement_cells_that_are_missing_negative_or_not_numbers_make_invalid_rows():
+    rows = pd.DataFrame([
+        {"id": "ok", "foreground": "f.png", "background": "b.jpg", "x": 3, "y": 0, "scale": None},
+        {"id": "nox", "foreground": "f.png", "background": "b.jpg", "x": None, "y": 0, "scale": None},
+        {"id": "neg", "foreground": "f.png", "background": "b.jpg", "x": -4, "y": 0, "scale": None},
+        {"id": "text", "foreground": "f.png", "background": "b.jpg", "x": "left", "y": 0, "scale": None},
+        {"id": "frac", "foreground": "f.png", "background": "b.jpg", "x": 2.5, "y": 0, "scale": None},
+        {"id": "zero", "foreground": "f.png", "background": "b.jpg", "x": 1, "y": 1, "scale": 0},
+        {"id": "nofg", "foreground": None, "background": "b.jpg", "x": 1, "y": 1, "scale": None},
+        {"id": "none", "foreground": None, "background": None, "x": 1, "y": 1, "scale": None},
+    ], dtype=object)
+    reasons = dict(zip(rows["id"], row_problems(rows)))
+    assert reasons["ok"] == ""
+    assert "x: missing" in reasons["nox"] and "x: -4 is negative" in reasons["neg"]
+    assert "x: 'left' is not a number" in reasons["text"] and "not a whole number" in reasons["frac"]
+    assert "scale: 0 must be more than 0" in reasons["zero"]
+    assert "foreground: must be a string (required)" in reasons["nofg"]
+    assert "needs composite and mask, or foreground, background, x and y" in reasons["none"]
+
+
+def test_a_manifest_may_mix_composite_rows_and_cutout_rows():
+    rows = pd.DataFrame([{"id": "c", "composite": "c.png", "mask": "m.png", "foreground": None, "background": None,
+                          "x": None, "y": None},
+                         {"id": "k", "composite": None, "mask": None, "foreground": "f.png", "background": "b.png",
+                          "x": 0, "y": 0}])
+    assert list(row_problems(rows)) == ["", ""]
