@@ -302,3 +302,37 @@ def soft_paste(base: np.ndarray, harmonized: np.ndarray, alpha: np.ndarray) -> n
     if b.shape != t.shape or a.shape != b.shape[:2] or a.dtype != np.uint8:
         raise ValueError(f"base {b.shape}, harmonized {t.shape} and alpha {a.dtype} {a.shape} must agree (alpha uint8)")
     return _over(b, t, a)
+
+
+def harmonized_foreground(harmonized: np.ndarray, alpha: np.ndarray, max_steps: int = 64) -> np.ndarray:
+    """The harmonized foreground's colour wherever the alpha is above 0, for `soft_paste`.
+
+    Where the alpha is 255 the engine saw the product alone: its output there is the harmonized
+    foreground. A partly transparent pixel's composite already mixes in the background, so the engine's
+    output there would bring the background in twice once blended again; those pixels take the colour of
+    the nearest opaque ones instead (grown outward a pixel at a time, averaging the neighbours already
+    known). A cutout with no opaque pixel uses the engine's output wherever alpha >= 128."""
+    img = _check_rgb(harmonized, "harmonized")
+    a = np.asarray(alpha)
+    known = a == 255
+    if not known.any():
+        known = a >= 128
+    need = (a > 0) & ~known
+    out = img.copy()
+    if not need.any() or not known.any():
+        return out
+    ys, xs = np.nonzero(need | known)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    sub, k, todo = out[y0:y1, x0:x1].astype(np.float32), known[y0:y1, x0:x1].astype(np.float32), need[y0:y1, x0:x1]
+    for _ in range(max_steps):
+        if not todo.any():
+            break
+        weight = cv2.blur(k, (3, 3), borderType=cv2.BORDER_CONSTANT)
+        total = cv2.blur(sub * k[..., None], (3, 3), borderType=cv2.BORDER_CONSTANT)
+        grow = todo & (weight > 0)
+        if not grow.any():
+            break
+        sub[grow] = total[grow] / weight[grow][:, None]
+        k[grow], todo = 1.0, todo & ~grow
+    out[y0:y1, x0:x1] = np.clip(np.rint(sub), 0, 255).astype(np.uint8)
+    return out

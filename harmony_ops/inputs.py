@@ -71,7 +71,7 @@ def load_sample(
     return Sample(composite=image_array(comp_img), mask=m, real=gt, notes=notes, mask_grey=image_array(mask_img))
 
 
-def load_cutout_sample(foreground: bytes, background: bytes, x: float, y: float, scale: float | None = 1.0,
+def load_cutout_sample(foreground: bytes, background: bytes, x: int, y: int, scale: float = 1.0,
                        real: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Sample, np.ndarray]:
     """A cutout row: the RGBA `foreground` placed on `background` at (x, y) (its top-left corner, in
     background pixels; scaled by `scale` first). Returns the sample (the alpha-over composite at the
@@ -82,8 +82,7 @@ def load_cutout_sample(foreground: bytes, background: bytes, x: float, y: float,
     bg_img, bg_or, bg_notes = decode_image(background, "background", max_pixels)
     bg_img = apply_orientation(bg_img, bg_or)
     bg = image_array(bg_img)
-    scale = 1.0 if scale is None or scale != scale else float(scale)
-    composite, full_alpha, clipped = place_cutout(bg, fg, alpha, int(x), int(y), scale)
+    composite, full_alpha, clipped = place_cutout(bg, fg, alpha, x, y, scale)
     notes = [f"foreground_{n}" for n in fg_notes] + [f"background_{n}" for n in bg_notes + exif_notes(bg_or)]
     if clipped:
         notes.append("cutout_clipped")

@@ -30,7 +30,8 @@ CUTOUT_COLUMNS = ("layout", "foreground", "background", "x", "y", "scale")
 def load_row(row, comp: bytes, mask: bytes, real: bytes | None, max_pixels: int):
     """(sample, the base a soft paste-back blends onto: a cutout's background, else None) of one row."""
     if row["layout"] == "cutout":
-        return load_cutout_sample(comp, mask, row["x"], row["y"], row["scale"], real, max_pixels=max_pixels)
+        scale = 1.0 if pd.isna(row["scale"]) else float(row["scale"])  # Arrow brings nulls back as NaN or NA
+        return load_cutout_sample(comp, mask, int(row["x"]), int(row["y"]), scale, real, max_pixels=max_pixels)
     return load_sample(comp, mask, real, max_pixels=max_pixels), None
 
 

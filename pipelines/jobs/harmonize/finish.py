@@ -11,7 +11,7 @@ import pandas as pd
 
 from harmony_ops.fidelity import apply_fidelity
 from harmony_ops.imageio import encode_image
-from harmony_ops.compositing import soft_paste
+from harmony_ops.compositing import harmonized_foreground, soft_paste
 from harmony_ops.regions import PLAN_COLUMNS, finish, plan_from_columns, unpack
 from harmony_ops.worker import setup_cpu_worker
 from pipelines.config import FetchSettings, FidelityConfig
@@ -96,12 +96,14 @@ class FinishStage(Stage):
         if background is None and not self.soft_paste:
             out = finish(sample.composite, sample.mask, box, region, self.feather)
             return apply_fidelity(sample.composite, out, sample.mask, f.mode, f.max_chroma_shift)
-        # Soft: the engine's whole region (fidelity inside the mask), alpha-blended onto the background;
-        # a composite row blends onto its composite, which is its background where the alpha is 0.
+        # Soft: the harmonized foreground (the engine's region, fidelity inside the mask, carried into the
+        # partly transparent edge) alpha-blended onto the background; a composite row blends onto its
+        # composite, which is its background where the alpha is 0.
         whole = sample.composite.copy()
         whole[box[1]:box[3], box[0]:box[2]] = region
         whole = apply_fidelity(sample.composite, whole, sample.mask, f.mode, f.max_chroma_shift)
-        return soft_paste(sample.composite if background is None else background, whole, sample.mask_grey)
+        base = sample.composite if background is None else background
+        return soft_paste(base, harmonized_foreground(whole, sample.mask_grey), sample.mask_grey)
 
 
 def output_allowed(uri, output: str) -> bool:

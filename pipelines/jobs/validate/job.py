@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from harmony_ops.remote import RedirectRefused
 from pipelines.io.manifest import prepare_rows, read_manifest
+from schemas.manifest import URI_COLUMNS
 from schemas.vocabulary import ErrorKind, Status
 from pipelines.io.storage import filesystem, is_uri
 
@@ -52,7 +53,7 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
         return report
     checks = []
     for _, r in rows[rows["status"] != Status.INVALID].iterrows():
-        for col in ("composite", "mask", "real"):
+        for col in URI_COLUMNS:  # a composite row's composite and mask, a cutout row's foreground and background
             if is_uri(r.get(col)):
                 checks.append((int(r["row"]), str(r["id"]), r[col]))
 

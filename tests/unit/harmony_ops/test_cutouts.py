@@ -127,3 +127,20 @@ def test_a_manifest_may_mix_composite_rows_and_cutout_rows():
                          {"id": "k", "composite": None, "mask": None, "foreground": "f.png", "background": "b.png",
                           "x": 0, "y": 0}])
     assert list(row_problems(rows)) == ["", ""]
+
+
+def test_the_harmonized_foreground_is_the_engines_where_opaque_and_the_nearest_opaque_colour_on_the_edge():
+    from harmony_ops.compositing import harmonized_foreground
+
+    engine = np.zeros((12, 12, 3), np.uint8)
+    engine[:, :6] = [200, 10, 10]   # opaque left half, harmonized red
+    engine[:, 6:] = [0, 0, 255]     # the engine's output on the soft edge mixes in the background: not used
+    alpha = np.zeros((12, 12), np.uint8)
+    alpha[:, :6] = 255
+    alpha[:, 6:8] = 100
+    fg = harmonized_foreground(engine, alpha)
+    assert np.array_equal(fg[:, :6], engine[:, :6])
+    assert (fg[:, 6:8] == [200, 10, 10]).all()
+    assert np.array_equal(fg[:, 8:], engine[:, 8:])  # alpha 0: left as it was (soft_paste ignores it)
+    out = soft_paste(np.zeros_like(engine), fg, alpha)
+    assert (out[:, 6] == np.rint(np.array([200, 10, 10]) * 100 / 255)).all()
