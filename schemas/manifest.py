@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -99,7 +102,7 @@ def _placement_problem(column: str, v) -> str:
         return ""
     if _isnull(v):
         return f"{column}: missing (a cutout's placement needs x and y, in background pixels)"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) and not _numeric_text(v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) and not _numeric_text(v):
         return f"{column}: {v!r} is not a number"
     value = float(v)
     if value != value or value in (float("inf"), float("-inf")):

@@ -22,16 +22,19 @@ from .vocabulary import DrawStatus
 STATUSES = tuple(DrawStatus)
 # The output manifest: what `harmony harmonize` and `harmony evaluate` read (paths relative to it).
 MANIFEST_COLUMNS = ("id", "composite", "mask", "real", "subset")
+# `--layout cutout`: the kept foreground as an RGBA cutout on the real image (schemas/manifest.py's cutout rows)
+CUTOUT_MANIFEST_COLUMNS = ("id", "foreground", "background", "x", "y", "real", "subset")
 
 STRING_COLUMNS = ("source_id", "status", "mask_source", "method")
 METHODS = ("classical", "inverse")
 NULLABLE_STRING_COLUMNS = (
     "model", "id", "name", "reason", "message", "kind", "donor_id", "params",
     "composite", "mask", "real", "subset", "source_real", "source_mask", "source_subset", "notes",
+    "foreground", "background",
 )
 BOOL_COLUMNS = ("kept", "first_of_input")
 # seed: the noise seed of an inverse-synthesis candidate; candidate: its number (= draw), both null for classical draws
-NULLABLE_INT_COLUMNS = ("sample", "draw", "mask_index", "width", "height", "seed", "candidate")
+NULLABLE_INT_COLUMNS = ("sample", "draw", "mask_index", "width", "height", "seed", "candidate", "x", "y")
 # Scalar copies of the main parameters (null where the kind does not use them) and per-sample statistics
 # of the stored composite against the stored real image (iHarmony4 protocol at 256 px).
 PARAM_COLUMNS = ("strength", "exposure_ev", "gamma", "contrast", "temperature", "tint", "saturation")
@@ -43,7 +46,7 @@ COLUMNS = (
      "reason", "message", "kind")
     + PARAM_COLUMNS + ("donor_id", "params") + STAT_COLUMNS
     + ("width", "height", "mask_source", "composite", "mask", "real", "subset",
-       "source_real", "source_mask", "source_subset", "notes", "first_of_input")
+       "source_real", "source_mask", "source_subset", "notes", "first_of_input", "foreground", "background", "x", "y")
 )
 
 
@@ -95,6 +98,7 @@ def arrow_schema() -> pa_.Schema:
 
 SCHEMA = arrow_schema()
 MANIFEST_SCHEMA = pa_.schema([SCHEMA.field(c) for c in MANIFEST_COLUMNS])
+CUTOUT_MANIFEST_SCHEMA = pa_.schema([SCHEMA.field(c) for c in CUTOUT_MANIFEST_COLUMNS])
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:

@@ -91,7 +91,8 @@ def cmd_validate(o, console) -> int:
 def cmd_demo(o, console) -> int:
     from pipelines.devtools.demo.demo import run_demo
 
-    return run_demo(output=o.output, model=o.model, s3=o.s3, images=o.images, engine=o.engine, echo=console)
+    return run_demo(output=o.output, model=o.model, s3=o.s3, images=o.images, engine=o.engine, echo=console,
+                    catalog=o.catalog)
 
 
 def cmd_import_iharmony4(o, console) -> int:

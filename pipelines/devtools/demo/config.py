@@ -16,3 +16,5 @@ class DemoOptions(Strict):
         None, description="baseline: the Lab colour-statistics transfer instead")
     s3: bool = Field(False, description="go through an embedded S3 server (moto)")
     images: int = Field(8, ge=1, le=1000, description="number of sample composites")
+    catalog: bool = Field(False, description="product cutouts (soft alpha) on scenes, harmonized with --fidelity free "
+                          "and lighting, and a before/after picture (catalog-before-after.jpg)")

@@ -29,16 +29,29 @@ def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8,
-             engine: str | None = None, echo=print) -> int:
-    from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
+             engine: str | None = None, echo=print, catalog: bool = False) -> int:
     from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
     out = Path(output).resolve()
+    if catalog:
+        from pipelines.devtools.demo.catalog import run_catalog
+
+        return run_catalog(out, images, _common(model, engine, echo), echo)
     manifest = build_demo_data(out / "data", images)
     echo(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "
           f"and {manifest}")
+    common = _common(model, engine, echo)
+    if not s3:
+        cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
+        return run_harmonize(cfg, echo).exit_code
+    return _run_via_s3(out, manifest, common, echo)
+
+
+def _common(model: str | None, engine: str | None, echo) -> dict:
+    """The demo's model and pool settings: small batches, CPU stages on half the machine's CPUs."""
     from harmony_ops.defaults import model_label
+    from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
 
     model_cfg = ModelConfig(model=model, engine=engine)
     note = "" if model or engine == "baseline" else " (no --model given; pass --model DIR, or --engine baseline)"
@@ -49,11 +62,7 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
         model=PoolConfig(batch_size=2, min_workers=1, max_workers=1),  # CPUs: the job's rule per engine
         finish=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),
     )
-    common = dict(model=model_cfg, pools=pools, block_rows=2)
-    if not s3:
-        cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
-        return run_harmonize(cfg, echo).exit_code
-    return _run_via_s3(out, manifest, common, echo)
+    return dict(model=model_cfg, pools=pools, block_rows=2)
 
 
 def _run_via_s3(out: Path, manifest: Path, common: dict, echo=print) -> int:

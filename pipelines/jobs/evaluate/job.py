@@ -121,6 +121,10 @@ def _evaluate(run: JobRun, cfg: EvaluateJobConfig, echo) -> JobResult:
 
     opts = cfg.storage_options
     rows = load_rows(cfg, "png", 0, need={"real": "there is no ground truth to evaluate against"})
+    cutout = (rows["layout"] == "cutout") & (rows["status"] == Status.PENDING)
+    rows.loc[cutout, ["status", "error_type"]] = [Status.INVALID, ErrorKind.INVALID_ROW]
+    rows.loc[cutout, "error_message"] = ("a cutout row: evaluate scores composite + mask rows (the iHarmony4 "
+                                         "protocol); harmonize scores cutout rows against their real image")
     folder, names = list_predictions(cfg.predictions, opts)
     compare_folder, compare_names = list_predictions(cfg.compare, opts) if cfg.compare else (None, {})
 

@@ -55,6 +55,10 @@ class SynthesizeJobConfig(JobConfig):
     )
     max_draws: int = Field(3, ge=1, le=20, description="draws tried per sample until one passes the fMSE filter")
     donor_pool: int = Field(256, ge=1, le=100_000, description="colour transfer: foregrounds of the first N rows are the donors")
+    layout: Literal["composite", "cutout"] = Field(
+        "composite", description="composite: composite_images/ + masks/ rows; cutout (classical method): each kept "
+        "foreground also as an RGBA cutout in foregrounds/ with a soft (feathered) alpha, and manifest rows of "
+        "foreground, background (the real image), x, y, real: the cutout manifest harmonize reads")
     jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of composite_images/ and real_images/")
     seed: int = Field(0, description="job seed; a sample depends only on it, the row id and the sample number")
     pools: SynthesizePools = Field(default_factory=SynthesizePools)
@@ -70,6 +74,12 @@ class SynthesizeJobConfig(JobConfig):
     @classmethod
     def _older_names(cls, data: Any) -> Any:
         return legacy_names(data, {"pool": "pools.synthesize", "model_pool": "pools.model"})
+
+    @model_validator(mode="after")
+    def _cutouts_are_classical(self) -> "SynthesizeJobConfig":
+        if self.layout == "cutout" and self.method != "classical":
+            raise ValueError("layout cutout is written by method classical only")
+        return self
 
     @model_validator(mode="after")
     def _inverse_needs_a_model(self) -> "SynthesizeJobConfig":

@@ -31,9 +31,9 @@ from pipelines.io.manifest import manifest_format
 from pipelines.io.storage import arrow_filesystem, filesystem, join
 from pipelines.io.tables import parquet_files, write_parquet_stream, write_table_atomic
 from pipelines.jobs.synthesize.donors import DonorStatsStage, donor_pool_from
-from pipelines.jobs.synthesize.sources import COMPOSITES, INPUT_COLUMNS, MASKS, REALS
+from pipelines.jobs.synthesize.sources import COMPOSITES, FOREGROUNDS, INPUT_COLUMNS, MASKS, REALS
 from pipelines.jobs.synthesize.stage import InverseSynthesizeStage, SynthesizeStage
-from schemas.synthesis import MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
+from schemas.synthesis import CUTOUT_MANIFEST_COLUMNS, CUTOUT_MANIFEST_SCHEMA, MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
 from schemas.vocabulary import DrawStatus, ErrorKind
 
 MANIFEST_FILE = "manifest.parquet"
@@ -166,7 +166,8 @@ def _finish(run: JobRun, cfg: SynthesizeJobConfig, echo, ds, donors: DonorPool |
         "model": stage.model_id,
         "seconds": wall,
         "config": run.config(),
-        "files": {"manifest": MANIFEST_FILE, "params": PARAMS_FILE, "composites": COMPOSITES, "masks": MASKS, "reals": REALS},
+        "files": {"manifest": MANIFEST_FILE, "params": PARAMS_FILE, "composites": COMPOSITES, "masks": MASKS, "reals": REALS,
+                  **({"foregrounds": FOREGROUNDS} if cfg.layout == "cutout" else {})},
     }
     summary_uri = run.close(summary)
 
@@ -196,7 +197,8 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
     opts = cfg.storage_options
     fs, files = parquet_files(journal, opts)
     if not files:  # an empty input manifest
-        write_table_atomic(MANIFEST_SCHEMA.empty_table(), join(cfg.output, MANIFEST_FILE), opts)
+        empty = CUTOUT_MANIFEST_SCHEMA if cfg.layout == "cutout" else MANIFEST_SCHEMA
+        write_table_atomic(empty.empty_table(), join(cfg.output, MANIFEST_FILE), opts)
         write_parquet_stream([], join(cfg.output, PARAMS_FILE), SCHEMA, opts)
         return {"inputs": 0, "kept": 0, "rejected": 0, "failed": 0, "invalid": 0, "write_failed": 0, "unfilled_samples": 0,
                 "manifest_rows": 0, "kept_by_kind": {}, "reasons": {}}
@@ -204,12 +206,13 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
     heads = dataset.to_table(columns=["name"], filter=pc.field("first_of_input") & pc.field("name").is_valid())
     duplicates = {str(v["values"]) for v in pc.value_counts(heads["name"]).to_pylist() if v["counts"] > 1}
 
-    kept = dataset.to_table(columns=list(MANIFEST_COLUMNS) + ["name"], filter=pc.field("kept"))
+    columns = list(CUTOUT_MANIFEST_COLUMNS if cfg.layout == "cutout" else MANIFEST_COLUMNS)
+    kept = dataset.to_table(columns=sorted(set(columns) | {"composite", "mask", "foreground", "name"}), filter=pc.field("kept"))
     if duplicates:
         clash = pc.is_in(kept["name"], value_set=pa.array(sorted(duplicates), pa.string()))
         _remove_files(cfg, kept.filter(clash))
         kept = kept.filter(pc.invert(clash))
-    manifest = kept.select(list(MANIFEST_COLUMNS)).sort_by("id")
+    manifest = kept.select(columns).sort_by("id")
     write_table_atomic(manifest, join(cfg.output, MANIFEST_FILE), opts)
 
     counts: Counter = Counter()
@@ -225,7 +228,7 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
                 part.loc[clash, "kept"] = False
                 part.loc[clash, "message"] = [f"sanitised name {n!r} is shared with another input row (same id, or "
                                               f"ids equal once '_' becomes '-'); its files were removed" for n in part.loc[clash, "name"]]
-                part.loc[clash, ["composite", "mask", "real", "subset"]] = None
+                part.loc[clash, ["composite", "mask", "real", "subset", "foreground", "background", "x", "y"]] = None
             part = part.sort_values(["source_id", "sample", "draw"], na_position="first", kind="stable")
             status, first, drawn = part["status"], part["first_of_input"], part["sample"].notna()
             counts["inputs"] += int(first.sum())
@@ -261,7 +264,7 @@ def assemble(cfg: SynthesizeJobConfig, journal: str) -> dict:
 
 
 def _remove_files(cfg: SynthesizeJobConfig, rows: pa.Table) -> None:
-    paths = sorted({p for c in ("composite", "mask", "real") for p in rows[c].to_pylist() if p})
+    paths = sorted({p for c in ("composite", "mask", "real", "foreground") for p in rows[c].to_pylist() if p})
     for rel in paths:
         fs, path = filesystem(join(cfg.output, rel), cfg.storage_options)
         try:

@@ -21,6 +21,7 @@ from schemas.vocabulary import ID_RULE, ErrorKind, is_safe_name
 # Columns read from the input manifest (subset is optional; mask is needed with --mask-source given).
 INPUT_COLUMNS = ("id", "real", "mask", "subset")
 COMPOSITES, MASKS, REALS = "composite_images", "masks", "real_images"
+FOREGROUNDS = "foregrounds"  # --layout cutout
 # Scalar copies of these parameters go to their own columns (the JSON column has them all).
 SCALAR_PARAMS = ("exposure_ev", "gamma", "contrast", "temperature", "tint", "saturation")
 
@@ -41,6 +42,7 @@ def layout(name: str, m: int, k: int, composite_ext: str = "jpg") -> dict[str, s
         "composite": f"{COMPOSITES}/{sample_id}.{composite_ext}",
         "mask": f"{MASKS}/{name}_{m}.png",
         "real": f"{REALS}/{name}.jpg",
+        "foreground": f"{FOREGROUNDS}/{sample_id}.png",
     }
 
 

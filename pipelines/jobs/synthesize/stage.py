@@ -133,12 +133,17 @@ class SynthesizeStage(Stage):
     def _keep(self, row: dict, paths: dict, real_jpg: bytes, mask: np.ndarray, written: set) -> None:
         """Write a kept draw's files; a storage failure fails the draw, not the job."""
         try:
-            self._write(paths, real_jpg, mask, row["_composite"], written)
+            placement = self._write(paths, real_jpg, mask, row["_composite"], written)
+            if placement is not None:
+                row["_placement"] = placement
         except Exception as exc:  # noqa: BLE001
             kind, message = classify(exc, ErrorKind.WRITE_ERROR)
             row.update(status=DrawStatus.FAILED, kept=False, reason=kind, message=message[:2000])
         else:
             row.update({c: paths[c] for c in ("composite", "mask", "real")}, subset=row["kind"])
+            if self.cfg.layout == "cutout":
+                x, y = row.pop("_placement")
+                row.update(foreground=paths["foreground"], background=paths["real"], x=x, y=y)
 
     def _statistics(self, comp_stored: np.ndarray, real_stored: np.ndarray, mask: np.ndarray, real_fg_lab: np.ndarray) -> tuple[dict, object]:
         """The parameter table's statistics of a stored composite against the stored real image, and its metrics."""
@@ -188,6 +193,11 @@ class SynthesizeStage(Stage):
             write_with_retries(join(cfg.output, paths["mask"]), _grey_png(mask), cfg.storage_options, cfg.retries)
             written.add(paths["mask"])
         write_with_retries(join(cfg.output, paths["composite"]), comp_jpg, cfg.storage_options, cfg.retries)
+        if cfg.layout == "cutout":
+            cutout, placement = _cutout(_decode_stored(comp_jpg), mask)
+            write_with_retries(join(cfg.output, paths["foreground"]), cutout, cfg.storage_options, cfg.retries)
+            return placement
+        return None
 
 
 @dataclass
@@ -251,6 +261,25 @@ class InverseSynthesizeStage(SynthesizeStage):
 
 def _decode_stored(data: bytes) -> np.ndarray:
     return np.asarray(decode_image(data, "encoded image")[0], dtype=np.uint8)
+
+
+# Soft edge of the cutouts --layout cutout writes: the alpha ramps from 0 to 255 over this many pixels inside
+# the mask's edge, as a matting tool's cutout of a product does.
+CUTOUT_EDGE = 3
+
+
+def _cutout(composite: np.ndarray, mask: np.ndarray) -> tuple[bytes, tuple[int, int]]:
+    """The composite's foreground as an RGBA PNG cropped to the mask's box, alpha feathered inside the
+    mask's edge (0 outside it), and the box's top-left corner (x, y) on the real image."""
+    from harmony_ops.compositing import feather_alpha
+
+    ys, xs = np.nonzero(mask >= 0.5)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    alpha = np.rint(feather_alpha(mask, CUTOUT_EDGE) * 255).astype(np.uint8)
+    rgba = np.dstack([composite[y0:y1, x0:x1], alpha[y0:y1, x0:x1]])
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG")
+    return buf.getvalue(), (int(x0), int(y0))
 
 
 def _grey_png(mask: np.ndarray) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,3 +112,36 @@ def test_cutouts_keep_their_hue_and_soft_edges_in_lighting_mode(ray_local, catal
     a = summary["metrics"]["all"]
     assert a["fidelity_checked"] == 4 and a["fidelity_ok"] == 4 and a["fg_chroma_shift"] is not None
     assert "Within the colour-fidelity bound" in (root / f"out-{engine}" / "report.html").read_text()
+
+
+def test_synthesize_writes_a_cutout_manifest_that_harmonize_runs(ray_local, tmp_path, monkeypatch):
+    """`harmony synthesize --layout cutout` then `harmony harmonize --fidelity lighting` on what it wrote,
+    both through the command line with relative paths, as the README shows them."""
+    from skimage import data, transform
+
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for k, name in enumerate(("coffee", "chelsea", "astronaut")):
+        photo = (transform.resize(getattr(data, name)(), (72, 96), anti_aliasing=True) * 255).round().astype(np.uint8)
+        Path("photos").mkdir(exist_ok=True)
+        Path(f"photos/{name}.png").write_bytes(png(photo))
+        rows.append({"id": name, "real": f"photos/{name}.png"})
+    pd.DataFrame(rows).to_csv("photos.csv", index=False)
+    assert main(["synthesize", "--manifest", "photos.csv", "--output", "synth", "--mask-source", "box",
+                 "--layout", "cutout", "--fmse-range", "0,100000", "--seed", "1"]) == 0
+    manifest = pd.read_parquet("synth/manifest.parquet")
+    assert list(manifest.columns) == ["id", "foreground", "background", "x", "y", "real", "subset"] and len(manifest) == 3
+    for r in manifest.itertuples():
+        alpha = np.asarray(Image.open(Path("synth") / r.foreground))[..., 3]
+        assert alpha.max() == 255 and ((alpha > 0) & (alpha < 255)).any()  # opaque inside, a soft edge
+        assert r.background == r.real
+    assert main(["harmonize", "--manifest", "synth/manifest.parquet", "--output", "out", "--engine", "baseline",
+                 "--fidelity", "lighting"]) == 0
+    m = pd.read_parquet("out/metrics/metrics.parquet")
+    assert (m["status"] == "ok").all() and m["fidelity_ok"].all() and (m["layout"] == "cutout").all()
+    assert m["psnr"].notna().all()  # the real image is the ground truth of a cutout row too
+    for r in manifest.itertuples():
+        out, real = read(Path("out/images") / f"{r.id}.png"), read(Path("synth") / r.real)
+        assert out.shape == real.shape

@@ -144,3 +144,16 @@ def test_the_harmonized_foreground_is_the_engines_where_opaque_and_the_nearest_o
     assert np.array_equal(fg[:, 8:], engine[:, 8:])  # alpha 0: left as it was (soft_paste ignores it)
     out = soft_paste(np.zeros_like(engine), fg, alpha)
     assert (out[:, 6] == np.rint(np.array([200, 10, 10]) * 100 / 255)).all()
+
+
+def test_the_catalog_demo_builds_a_valid_cutout_manifest_from_bundled_photographs(tmp_path):
+    from pipelines.devtools.demo.catalog import build_catalog
+
+    manifest = pd.read_csv(build_catalog(tmp_path, images=5))
+    assert len(manifest) == 5 and list(row_problems(manifest)) == [""] * 5
+    for r in manifest.itertuples():
+        alpha = np.asarray(Image.open(tmp_path / r.foreground))[..., 3]
+        assert alpha.max() == 255 and ((alpha > 0) & (alpha < 255)).any()
+        sample, _ = load_cutout_sample((tmp_path / r.foreground).read_bytes(), (tmp_path / r.background).read_bytes(),
+                                       r.x, r.y)
+        assert "cutout_clipped" not in sample.notes
