@@ -123,7 +123,7 @@ def test_synthesize_writes_a_cutout_manifest_that_harmonize_runs(ray_local, tmp_
 
     monkeypatch.chdir(tmp_path)
     rows = []
-    for k, name in enumerate(("coffee", "chelsea", "astronaut")):
+    for name in ("coffee", "chelsea", "astronaut"):
         photo = (transform.resize(getattr(data, name)(), (72, 96), anti_aliasing=True) * 255).round().astype(np.uint8)
         Path("photos").mkdir(exist_ok=True)
         Path(f"photos/{name}.png").write_bytes(png(photo))
