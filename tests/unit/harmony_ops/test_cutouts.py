@@ -157,3 +157,32 @@ def test_the_catalog_demo_builds_a_valid_cutout_manifest_from_bundled_photograph
         sample, _ = load_cutout_sample((tmp_path / r.foreground).read_bytes(), (tmp_path / r.background).read_bytes(),
                                        r.x, r.y)
         assert "cutout_clipped" not in sample.notes
+
+
+def test_soft_paste_of_a_composite_row_with_a_16_bit_grey_mask():
+    """--soft-paste: the model saw the mask binarised; the paste-back blends with its grey levels."""
+    from harmony_ops.inputs import load_sample
+    from pipelines.config import FetchSettings
+    from pipelines.jobs.harmonize.finish import FinishStage
+
+    rng = np.random.default_rng(3)
+    comp = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    grey16 = np.zeros((20, 24), np.uint16)
+    grey16[5:15, 6:18] = 65535
+    grey16[4, 6:18] = 65535 // 3  # a soft edge below 0.5: not foreground for the model
+    grey16[15, 6:18] = 2 * 65535 // 3
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, format="PNG")  # a 16-bit greyscale PNG
+    sample = load_sample(png(comp), buf.getvalue())
+    alpha = sample.mask_grey
+    assert alpha[4, 10] == 85 and alpha[15, 10] == 170 and sample.mask[4, 10] == 0 and sample.mask[15, 10] == 1
+    box = (4, 2, 20, 18)
+    region = np.full((16, 16, 3), 200, np.uint8)  # the engine's output over the box
+    stage = FinishStage(FetchSettings(), "out", "png", 0, {}, soft_paste=True)
+    out = stage.deliver(sample, None, box, region)
+    assert np.array_equal(out[alpha == 0], comp[alpha == 0])
+    assert (out[alpha == 255] == 200).all()
+    edge = np.rint((200 * 85 + comp[4, 6:18].astype(int) * 170) / 255)
+    assert np.array_equal(out[4, 6:18], edge.astype(np.uint8))
+    hard = FinishStage(FetchSettings(), "out", "png", 0, {}).deliver(sample, None, box, region)
+    assert np.array_equal(hard[4], comp[4])  # without it, below 0.5 is the composite
