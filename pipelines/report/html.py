@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from harmony_ops.imageio import DEFAULT_MAX_PIXELS, apply_orientation, decode_image, decode_mask
-from harmony_ops.inputs import load_sample
+from harmony_ops.inputs import load_cutout_sample, load_sample
 
 from pipelines.report import svg as svg_plots
 from pipelines.io.storage import join, read_with_retries, write_bytes_atomic
@@ -252,11 +252,19 @@ def _read(uri, options, retries):
 
 def case_images(row, options: dict, max_pixels: int = DEFAULT_MAX_PIXELS, retries: int = 1) -> dict:
     """Thumbnails (data URIs, None where unavailable) of one row: composite, harmonized, real, mask, error."""
-    got = {k: _read(row.get(k), options, retries)[0] for k in ("composite", "mask", "real", "output")}
+    cutout = row.get("layout") == "cutout"  # its composite is made from foreground and background
+    keys = ("foreground", "background") if cutout else ("composite", "mask")
+    got = {k: _read(row.get(u), options, retries)[0] for k, u in zip(("composite", "mask"), keys)}
+    got.update({k: _read(row.get(k), options, retries)[0] for k in ("real", "output")})
     out = dict.fromkeys(("composite", "output", "real", "mask", "error"))
     comp = mask = real = pred = None
     try:
-        s = load_sample(got["composite"], got["mask"], got["real"], max_pixels=max_pixels)
+        if cutout:
+            s, _ = load_cutout_sample(got["composite"], got["mask"], int(row["x"]), int(row["y"]),
+                                      1.0 if pd.isna(row.get("scale")) else float(row["scale"]), got["real"],
+                                      max_pixels=max_pixels)
+        else:
+            s = load_sample(got["composite"], got["mask"], got["real"], max_pixels=max_pixels)
         comp, mask, real = s.composite, (s.mask * 255).astype(np.uint8), s.real
     except Exception:  # noqa: BLE001 - fall back to whatever decodes on its own
         for key in ("composite", "real"):

@@ -112,6 +112,10 @@ def test_cutouts_keep_their_hue_and_soft_edges_in_lighting_mode(ray_local, catal
     a = summary["metrics"]["all"]
     assert a["fidelity_checked"] == 4 and a["fidelity_ok"] == 4 and a["fg_chroma_shift"] is not None
     assert "Within the colour-fidelity bound" in (root / f"out-{engine}" / "report.html").read_text()
+    from pipelines.report.html import case_images
+
+    thumbs = case_images(m.loc["on-coffee"].to_dict(), {})  # a cutout row's report thumbnails: composed, harmonized
+    assert thumbs["composite"] and thumbs["mask"] and thumbs["output"]
 
 
 def test_synthesize_writes_a_cutout_manifest_that_harmonize_runs(ray_local, tmp_path, monkeypatch):
