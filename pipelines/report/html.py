@@ -505,8 +505,9 @@ def write_report(prefix: str, options: dict | None = None, metrics: pd.DataFrame
 
 
 def maybe_write_report(prefix: str, options: dict, metrics: pd.DataFrame, summary: dict, echo=print) -> str | None:
-    """At the end of a job: write the report when any row has ground truth; a failure is reported, never raised."""
-    if metrics.empty or "real" not in metrics.columns or not metrics["real"].notna().any():
+    """At the end of a job: write the report when any row is done (with or without ground truth); a failure is
+    reported, never raised."""
+    if metrics.empty or not metrics["status"].isin(DONE).any():
         return None
     try:
         uri = write_report(prefix, options, metrics, summary)

@@ -120,7 +120,7 @@ def _evaluate(run: JobRun, cfg: EvaluateJobConfig, echo) -> JobResult:
     from pipelines.report.html import maybe_write_report, paper_table, table_text
 
     opts = cfg.storage_options
-    rows = load_rows(cfg, "png", 0, need={"real": "there is no ground truth to evaluate against"})
+    rows = load_rows(cfg, "png", 0)
     cutout = (rows["layout"] == "cutout") & (rows["status"] == Status.PENDING)
     rows.loc[cutout, ["status", "error_type"]] = [Status.INVALID, ErrorKind.INVALID_ROW]
     rows.loc[cutout, "error_message"] = ("a cutout row: evaluate scores composite + mask rows (the iHarmony4 "
@@ -135,10 +135,6 @@ def _evaluate(run: JobRun, cfg: EvaluateJobConfig, echo) -> JobResult:
     if cfg.compare:
         rows[COMPARE_INPUT] = [match_prediction(i, c, compare_names) if ok else None
                                for i, c, ok in zip(rows["id"], rows["composite"], todo_mask)]
-    no_real = todo_mask & ~rows["real"].map(is_uri)
-    rows.loc[no_real, "status"] = Status.FAILED
-    rows.loc[no_real, "error_type"] = ErrorKind.MISSING_REAL
-    rows.loc[no_real, "error_message"] = "row has no ground truth (`real`): nothing to evaluate against"
     no_pred = (rows["status"] == Status.PENDING) & rows["output"].isna()
     rows.loc[no_pred, "status"] = Status.FAILED
     rows.loc[no_pred, "error_type"] = ErrorKind.MISSING_PREDICTION

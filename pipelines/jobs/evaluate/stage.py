@@ -69,8 +69,9 @@ def score_prediction(sample: Sample, pred: np.ndarray, grey: np.ndarray, use_gt_
         return row_metrics(sample, pred, eval_mask=grey, use_gt_bg=use_gt_bg)
     notes.append(f"prediction_resized_from_{pred.shape[1]}x{pred.shape[0]}")
     values = row_metrics(sample, resize_rgb(pred, (w, h)), eval_mask=grey, use_gt_bg=use_gt_bg)
-    values.update(protocol_columns(pred, sample.real, grey, use_gt_bg=use_gt_bg))
-    values.update(mse_full=math.nan, psnr_full=math.nan)
+    if sample.real is not None:
+        values.update(protocol_columns(pred, sample.real, grey, use_gt_bg=use_gt_bg))
+        values.update(mse_full=math.nan, psnr_full=math.nan)
     return values
 
 
@@ -121,7 +122,8 @@ class EvaluateStage(Stage):
         try:
             comp = read_with_retries(row["composite"], opts, cfg.retries)
             mask = read_with_retries(row["mask"], opts, cfg.retries)
-            real = read_with_retries(row["real"], opts, cfg.retries)
+            # A row without ground truth is scored with the no-reference (and fidelity) metrics only.
+            real = read_with_retries(row["real"], opts, cfg.retries) if is_uri(row["real"]) else None
         except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
             fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
             return None
@@ -159,6 +161,9 @@ class EvaluateStage(Stage):
         """The compare method's 256 px metrics and per-image deltas (compare minus main); a missing or
         unreadable compare prediction leaves them null with a note, never fails the row."""
         uri = row.get(COMPARE_INPUT)
+        if sample.real is None:  # the compare columns are ground-truth metrics
+            notes.append("compare_no_ground_truth")
+            return {}
         if not is_uri(uri):
             notes.append("compare_missing_prediction")
             return {}

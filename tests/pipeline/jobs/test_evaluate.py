@@ -35,7 +35,9 @@ pytestmark = pytest.mark.pipeline
 SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "HCOCO", "Hday2night")
 POOL = PoolConfig(num_cpus=0.5, num_gpus=0, batch_size=4, max_workers=2)
 # id -> expected (status, error_type) for the rows that do not score
-BAD = {"nopred": "missing_prediction", "corrupt": "corrupt", "noreal": "missing_real", "bad/id": "invalid_row"}
+BAD = {"nopred": "missing_prediction", "corrupt": "corrupt", "bad/id": "invalid_row"}
+# rows without ground truth are scored with the no-reference metrics: ok, reference metrics null
+NO_REFERENCE = ("noreal",)
 
 
 def quiet(*a, **k):
@@ -112,7 +114,7 @@ def _check_rows(m: pd.DataFrame, manifest: pd.DataFrame) -> None:
 
 def _check_parity(m: pd.DataFrame, files: dict, use_gt_bg: bool) -> None:
     """Job output == the reference script's transcription on the same files, number for number."""
-    for _, r in m[m["status"] == "ok"].iterrows():
+    for _, r in m[(m["status"] == "ok") & m["real"].notna()].iterrows():
         f = files[r["id"]]
         for prefix, path in (("", f["pred"]), ("composite_", f["comp"])):
             ref = _reference(path, f["real"], f["mask"], use_gt_bg)
@@ -124,7 +126,11 @@ def _check_parity(m: pd.DataFrame, files: dict, use_gt_bg: bool) -> None:
         assert r["fg_bucket"] == ref["fg_bucket"] and r["fg_ratio"] == pytest.approx(float(ref["fg_ratio"]), rel=1e-9)
         if use_gt_bg:
             assert r["bmse"] == 0.0
-    assert (m["status"] == "ok").sum() == 6
+    assert ((m["status"] == "ok") & m["real"].notna()).sum() == 6
+    for i in NO_REFERENCE:
+        r = m.set_index("id").loc[i]
+        assert r["status"] == "ok" and pd.isna(r["psnr"]) and pd.isna(r["composite_fmse"]) and pd.isna(r["error_type"])
+        assert np.isfinite(r["delta_e_fg"]) and np.isfinite(r["fg_chroma_shift"]) and r["fg_bucket"]
 
 
 def test_evaluate_folder_compare_summary_and_report(ray_local, data):
@@ -164,8 +170,9 @@ def test_evaluate_folder_compare_summary_and_report(ray_local, data):
 
     # summary.json: the paper's layout per subset, All and foreground bucket, prediction and composite
     s = json.loads((out / "summary.json").read_text())
-    assert s["counts"] == {"ok": 6, "skipped": 0, "failed": 3, "invalid": 1}
-    assert s["errors_by_type"] == {"missing_prediction": 1, "corrupt": 1, "missing_real": 1, "invalid_row": 1}
+    assert s["counts"] == {"ok": 7, "skipped": 0, "failed": 2, "invalid": 1}
+    assert s["errors_by_type"] == {"missing_prediction": 1, "corrupt": 1, "invalid_row": 1}
+    assert s["metrics"]["all"]["mse_count"] == 6 and s["metrics"]["all"]["delta_e_fg_count"] == 7
     assert set(s["metrics"]["by_subset"]) == {"HCOCO", "HAdobe5k", "HFlickr", "Hday2night"}
     assert set(s["metrics"]["by_fg_bucket"]) == {"0-5%", "5-15%", "15-100%"}
     t = s["table"]
@@ -173,14 +180,16 @@ def test_evaluate_folder_compare_summary_and_report(ray_local, data):
     assert [r["name"] for r in t["rows"]] == ["HCOCO", "HAdobe5k", "HFlickr", "Hday2night", "All"]
     assert [r["name"] for r in t["fg_buckets"]] == ["0-5%", "5-15%", "15-100%"]
     all_row, coco = t["rows"][-1], t["rows"][0]
-    assert all_row["count"] == 6 and coco["count"] == 3
+    assert all_row["count"] == 7 and coco["count"] == 4  # rows; the means' own counts (n) are the 6 and 3 with ground truth
+    assert all_row["n"]["prediction"]["MSE"] == 6 and coco["n"]["prediction"]["MSE"] == 3
     assert all_row["prediction"]["MSE"] == pytest.approx(ok["mse"].mean(), rel=1e-12)
     assert all_row["composite"]["fMSE"] == pytest.approx(ok["composite_fmse"].mean(), rel=1e-12)
     assert coco["prediction"]["PSNR"] == pytest.approx(ok.loc[["s0", "s3", "wrongsize"], "psnr"].mean(), rel=1e-12)
-    assert sum(r["count"] for r in t["fg_buckets"]) == 6
+    assert sum(r["count"] for r in t["fg_buckets"]) == 7
     # the compare method's aggregates, over the rows scored for both
     c = s["compare"]
-    assert c["rows"] == 4 and c["not_scored"] == 2 and c["predictions"].endswith("other")  # s4 and wrongsize have none
+    # s4 and wrongsize have no compare prediction; noreal has no ground truth to score it against
+    assert c["rows"] == 4 and c["not_scored"] == 3 and c["predictions"].endswith("other")
     assert c["metrics"]["all"]["mse"] == pytest.approx(ok.loc[["s0", "s1", "s2", "s3"], "compare_mse"].mean(), rel=1e-12)
     assert all_row["compare"]["MSE"] == pytest.approx(c["metrics"]["all"]["mse"])
     assert c["delta"]["all"]["delta_psnr"] == pytest.approx(ok["delta_psnr"].mean(), rel=1e-12)

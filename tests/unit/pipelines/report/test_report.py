@@ -212,6 +212,19 @@ def test_write_report_from_a_prefix(tmp_path: Path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
 
 
+def test_a_run_without_any_ground_truth_still_gets_its_report(tmp_path: Path):
+    """No-reference scoring is a result: rows without `real` are ok, and the report is written."""
+    from pipelines.report.html import maybe_write_report
+
+    prefix = make_report_prefix(tmp_path, ground_truth=False)
+    metrics = pd.read_parquet(prefix / METRICS_FILE)
+    assert (metrics["status"] == "ok").sum() == 6 and metrics["psnr"].isna().all() and metrics["delta_e_fg"].notna().sum() == 6
+    summary = json.loads((prefix / SUMMARY_FILE).read_text())
+    assert summary["table"]["rows"][-1]["n"]["prediction"]["MSE"] == 0  # no mean claimed over ground truth
+    uri = maybe_write_report(str(prefix), {}, metrics, summary, echo=lambda *a, **k: None)
+    assert uri == str(prefix / REPORT_FILE) and "Foreground change" in (prefix / REPORT_FILE).read_text()
+
+
 # --- a small evaluate output, built without Ray (shared with the browser test) ----------------
 
 
@@ -219,7 +232,7 @@ def _scene(seed: int, ratio: float = 0.2, size: tuple[int, int] = (90, 120)):
     return make_scene(seed, h=size[0], w=size[1], ratio=ratio)
 
 
-def make_report_prefix(root: Path, size: tuple[int, int] = (90, 120)) -> Path:
+def make_report_prefix(root: Path, size: tuple[int, int] = (90, 120), ground_truth: bool = True) -> Path:
     """An evaluate output prefix (metrics, summary) for 6 scored rows in the four iHarmony4 subsets
     plus two failed rows, scored by the evaluate stage itself, in-process (images of `size`, height and width)."""
     data, prefix = root / "data", root / "out"
@@ -238,6 +251,8 @@ def make_report_prefix(root: Path, size: tuple[int, int] = (90, 120)) -> Path:
     rows.append(dict(id="gone", composite=str(data / "missing.png"), mask=str(data / "mask0.png"),
                      real=str(data / "real0.png"), output=str(data / "pred0.png"), subset="HCOCO"))
     df = pd.DataFrame(rows)
+    if not ground_truth:
+        df["real"] = None
     df.insert(1, "row", range(len(df)))
     df["status"], df["error_type"], df["error_message"] = "pending", None, None
     df.loc[6, ["status", "error_type", "error_message"]] = ["failed", "missing_prediction", "no prediction for nopred"]
