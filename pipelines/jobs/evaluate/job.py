@@ -20,7 +20,7 @@ from pipelines.jobs.evaluate.config import EvaluateJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.errors import JobError
 from pipelines.io.manifest import load_rows
-from pipelines.io.storage import filesystem, is_uri, join
+from pipelines.io.storage import filesystem, join
 from pipelines.io.tables import METRICS_FILE
 from pipelines.jobs.evaluate.stage import COMPARE_INPUT, EvaluateStage
 from pipelines.report.summary import aggregate, build_summary, headline
