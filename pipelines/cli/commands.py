@@ -81,11 +81,20 @@ def cmd_report(o, console) -> int:
 
 
 def cmd_validate(o, console) -> int:
-    from pipelines.jobs.validate.job import run_validate
+    from pipelines.jobs.validate.job import run_deep, run_validate
 
     report = run_validate(o.manifest, o.storage_options, check_objects=o.check_objects, allow_uri=o.allow_uri)
     print(report.text())
-    return 0 if report.ok else 1
+    if not o.deep:
+        return 0 if report.ok else 1
+    from pipelines.core.logs import ray_logs_to_file
+
+    with ray_logs_to_file("validate") as log:
+        if log is not None:
+            console(f"Ray's logs and warnings: {log}")
+        deep = run_deep(o, console)
+    print(deep.text())
+    return 0 if report.ok and deep.ok else 1
 
 
 def cmd_demo(o, console) -> int:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harmony_ops.inputs import load_cutout_sample, load_sample
 from harmony_ops.metrics import fg_bucket
 from harmony_ops.regions import REGION_COLUMNS, prepare
 from harmony_ops.worker import setup_cpu_worker
@@ -17,7 +16,7 @@ from harmony_ops.resolution import ResolutionPolicy
 from pipelines.config import FetchSettings
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, fail_with, pending, set_values
-from pipelines.io.storage import is_uri, read_with_retries
+from pipelines.io.row_inputs import INPUT_COLUMNS, fetch_inputs, load_row
 from schemas.vocabulary import ErrorKind
 
 # The encoded files travel on to the finish stage, not their pixels: a 12 MP image is a few MB
@@ -25,14 +24,6 @@ from schemas.vocabulary import ErrorKind
 # A cutout row's foreground and background travel in comp_bytes and mask_bytes (`layout` says which).
 ENCODED = ("comp_bytes", "mask_bytes", "real_bytes")
 CUTOUT_COLUMNS = ("layout", "foreground", "background", "x", "y", "scale")
-
-
-def load_row(row, comp: bytes, mask: bytes, real: bytes | None, max_pixels: int):
-    """(sample, the base a soft paste-back blends onto: a cutout's background, else None) of one row."""
-    if row["layout"] == "cutout":
-        scale = 1.0 if pd.isna(row["scale"]) else float(row["scale"])  # Arrow brings nulls back as NaN or NA
-        return load_cutout_sample(comp, mask, int(row["x"]), int(row["y"]), scale, real, max_pixels=max_pixels)
-    return load_sample(comp, mask, real, max_pixels=max_pixels), None
 
 
 @dataclass
@@ -47,23 +38,19 @@ class DecodeStage(Stage):
         return cls(cfg.fetch, cfg.resolution.policy(), needs_resize, pool or PoolConfig())
 
     name = "decode"
-    reads = ("status", "composite", "mask", "real") + CUTOUT_COLUMNS
+    reads = ("status",) + INPUT_COLUMNS
     writes = ENCODED + REGION_COLUMNS + ("fg_bucket", "notes", "seconds_decode")
 
     def setup(self) -> None:
         setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        opts, policy, retries = self.fetch.storage_options, self.resolution, self.fetch.retries
+        policy = self.resolution
         for i in batch.index[pending(batch)]:
             t = time.perf_counter()
             row = batch.loc[i]
             try:
-                cutout = row["layout"] == "cutout"
-                comp = read_with_retries(row["foreground" if cutout else "composite"], opts, retries)
-                mask = read_with_retries(row["background" if cutout else "mask"], opts, retries)
-                real_uri = row["real"]
-                real = read_with_retries(real_uri, opts, retries) if is_uri(real_uri) else None
+                comp, mask, real = fetch_inputs(row, self.fetch)
             except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue

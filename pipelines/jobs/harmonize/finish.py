@@ -18,7 +18,8 @@ from pipelines.config import FetchSettings, FidelityConfig
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import join, write_with_retries
-from pipelines.jobs.harmonize.decode import CUTOUT_COLUMNS, ENCODED, load_row
+from pipelines.io.row_inputs import load_row
+from pipelines.jobs.harmonize.decode import CUTOUT_COLUMNS, ENCODED
 from pipelines.jobs.row_metrics import ROW_METRICS, row_metrics
 from schemas.vocabulary import BAD, SEGMENT, ErrorKind, Status
 

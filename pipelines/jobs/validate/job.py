@@ -1,4 +1,6 @@
-"""`harmony validate`: check a manifest and that every object it names exists. Writes nothing."""
+"""`harmony validate`: check a manifest and that every object it names exists (writes nothing); with
+`deep`, also fetch and decode every row as harmonize's decode stage would, as a Ray job on CPU workers
+(no model), and optionally write validation.parquet: one row per manifest row."""
 
 from __future__ import annotations
 
@@ -6,10 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from harmony_ops.remote import RedirectRefused
+import pandas as pd
+
 from pipelines.io.manifest import prepare_rows, read_manifest
+from pipelines.io.row_inputs import INPUT_COLUMNS
 from schemas.manifest import URI_COLUMNS
 from schemas.vocabulary import ErrorKind, Status
-from pipelines.io.storage import filesystem, is_uri
+from pipelines.io.storage import filesystem, is_uri, join
 
 SHOW = 20
 
@@ -70,4 +75,82 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
     report.missing = [c for c, ok in zip(checks, found) if ok is False]
     report.invalid += [(row, rid, f"{ErrorKind.URI_NOT_ALLOWED}: {why}") for (row, rid, _), why in zip(checks, found)
                        if isinstance(why, str)]
+    return report
+
+
+VALIDATION_FILE = "validation.parquet"
+VALIDATION_COLUMNS = ("row", "id", "status", "error_type", "error_message", "width", "height", "notes")
+
+
+@dataclass
+class DeepReport:
+    manifest: str
+    rows: pd.DataFrame  # VALIDATION_COLUMNS, one per manifest row
+
+    @property
+    def failing(self) -> pd.DataFrame:
+        return self.rows[self.rows["status"] != Status.OK]
+
+    @property
+    def ok(self) -> bool:
+        return self.failing.empty
+
+    def text(self) -> str:
+        bad = self.failing
+        lines = [f"manifest {self.manifest}: {len(self.rows)} rows decoded as harmonize would: "
+                 f"{len(self.rows) - len(bad)} ok, {len(bad)} would fail"]
+        for r in bad.head(SHOW).itertuples():
+            lines.append(f"  row {r.row} (id {r.id!r}): {r.status} {r.error_type}: {r.error_message}")
+        if len(bad) > SHOW:
+            lines.append(f"  ... and {len(bad) - SHOW} more")
+        if len(bad):
+            counts = bad["error_type"].value_counts()
+            lines.append("by error type: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines.append("OK" if self.ok else "PROBLEMS FOUND")
+        return "\n".join(lines)
+
+
+def run_deep(o, echo=print) -> DeepReport:
+    """`harmony validate --deep` (`o`: ValidateOptions)."""
+    import ray.data
+
+    from pipelines.config import FetchSettings
+    from pipelines.core.adapter import apply_stages, ensure_ray
+    from pipelines.core.console import progress_of
+    from pipelines.io.tables import write_table_atomic
+    from pipelines.jobs.validate.stage import CheckStage
+
+    df = read_manifest(o.manifest, o.storage_options)
+    rows = prepare_rows(df, o.manifest, "unused://", "png", 0, allow=o.allow_uri)
+    todo = rows[rows["status"] == Status.PENDING]
+    echo(f"harmony validate --deep: {len(rows)} rows ({len(todo)} to decode, {len(rows) - len(todo)} invalid)")
+    parts = [rows[rows["status"] != Status.PENDING]]
+    if len(todo):
+        ensure_ray(o.ray_address)
+        columns = ["row", "id", "status", "error_type", "error_message", *INPUT_COLUMNS]
+        stage = CheckStage(FetchSettings(storage_options=o.storage_options, retries=o.retries, max_pixels=o.max_pixels),
+                           pool=o.pool)
+        n = max(o.pool.batch_size, -(-len(todo) // 200))  # blocks of whole batches, at most 200 of them
+        source = ray.data.from_pandas([todo[columns].iloc[i : i + n] for i in range(0, len(todo), n)])
+        ds = apply_stages(source, [stage], inputs=columns, keep=VALIDATION_COLUMNS)
+        progress = progress_of(echo, "harmony validate", len(todo))
+        try:
+            for block in ds.iter_batches(batch_format="pandas", batch_size=None):
+                parts.append(block)
+                if progress is not None:
+                    progress.advance(len(block), block["status"].value_counts().to_dict())
+        finally:
+            if progress is not None:
+                progress.close()
+    table = pd.concat([p.reindex(columns=VALIDATION_COLUMNS) for p in parts if len(p)], ignore_index=True)
+    table = table.sort_values("row").reset_index(drop=True)
+    table["status"] = table["status"].replace({Status.PENDING: Status.OK})
+    report = DeepReport(o.manifest, table)
+    if o.output:
+        import pyarrow as pa
+
+        uri = join(o.output, VALIDATION_FILE)
+        write_table_atomic(pa.Table.from_pandas(table.astype({"width": "Int64", "height": "Int64"}), preserve_index=False),
+                           uri, o.storage_options)
+        echo(f"validation table: {uri}")
     return report
