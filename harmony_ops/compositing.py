@@ -304,7 +304,7 @@ def soft_paste(base: np.ndarray, harmonized: np.ndarray, alpha: np.ndarray) -> n
     return _over(b, t, a)
 
 
-def harmonized_foreground(harmonized: np.ndarray, alpha: np.ndarray, max_steps: int = 64) -> np.ndarray:
+def harmonized_foreground(harmonized: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The harmonized foreground's colour wherever the alpha is above 0, for `soft_paste`.
 
     Where the alpha is 255 the engine saw the product alone: its output there is the harmonized
@@ -324,9 +324,7 @@ def harmonized_foreground(harmonized: np.ndarray, alpha: np.ndarray, max_steps: 
     ys, xs = np.nonzero(need | known)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     sub, k, todo = out[y0:y1, x0:x1].astype(np.float32), known[y0:y1, x0:x1].astype(np.float32), need[y0:y1, x0:x1]
-    for _ in range(max_steps):
-        if not todo.any():
-            break
+    while todo.any():  # each pass reaches one pixel further; a pass that reaches nothing ends it
         weight = cv2.blur(k, (3, 3), borderType=cv2.BORDER_CONSTANT)
         total = cv2.blur(sub * k[..., None], (3, 3), borderType=cv2.BORDER_CONSTANT)
         grow = todo & (weight > 0)

@@ -32,6 +32,17 @@ FIDELITY_MODES: tuple[str, ...] = ("free", "lighting")
 DEFAULT_MAX_CHROMA_SHIFT = 3.0
 # Pixels with less chroma (C*ab) than this have no hue worth measuring (greys, whites, blacks).
 CHROMATIC = 8.0
+# fidelity_ok allows this much over the bound: 8-bit rounding of the delivered pixels.
+ROUNDING_DE = 0.5
+
+
+def within_bound(chroma_shift: float | None, bound: float | None) -> bool | None:
+    """fidelity_ok: the shift within the bound (None without a bound or a measurement)."""
+    if bound is None or chroma_shift is None or chroma_shift != chroma_shift:
+        return None
+    return bool(chroma_shift <= bound + ROUNDING_DE)
+
+
 # Bisection steps for the lightness a pixel's chroma allows: 1/1024 of the way, far below 8-bit steps.
 _GAMUT_STEPS = 10
 _GAMUT_EPS = 1e-6
@@ -134,5 +145,5 @@ def fidelity_metrics(composite: np.ndarray, output: np.ndarray, mask: np.ndarray
         "fg_chroma_shift": chroma,
         "fg_hue_shift": hue,
         "fg_lightness_shift": float(after[:, 0].mean() - before[:, 0].mean()),
-        "fidelity_ok": None if max_chroma_shift is None else bool(chroma <= max_chroma_shift + 0.5),
+        "fidelity_ok": within_bound(chroma, max_chroma_shift),
     }

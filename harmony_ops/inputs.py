@@ -79,6 +79,10 @@ def load_cutout_sample(foreground: bytes, background: bytes, x: int, y: int, sca
     background, which the soft paste-back blends onto. A cutout with no opaque pixel on the background is
     `empty_mask`; one placed partly outside it is clipped (note "cutout_clipped")."""
     fg, alpha, fg_notes = decode_cutout(foreground, "foreground", max_pixels)
+    scaled = round(alpha.shape[0] * scale) * round(alpha.shape[1] * scale)
+    if scaled > max_pixels:  # the decode guard holds for what the scale makes of the cutout, too
+        raise ImageError(ErrorKind.TOO_LARGE, f"the cutout scaled by {scale:g} would have {scaled} pixels, over the "
+                         f"limit of {max_pixels}")
     bg_img, bg_or, bg_notes = decode_image(background, "background", max_pixels)
     bg_img = apply_orientation(bg_img, bg_or)
     bg = image_array(bg_img)

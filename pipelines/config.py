@@ -201,11 +201,23 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def build(model_cls: type[BaseModel], yaml_path: str | Path | None, flags: dict[str, Any]):
     """Validate defaults < YAML < flags (flags given as nested dicts, None meaning 'not given')."""
-    data = deep_merge(load_yaml(yaml_path), _drop_none(flags))
+    data = deep_merge(_expand_shorthands(model_cls, load_yaml(yaml_path)), _drop_none(flags))
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def _expand_shorthands(model_cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """`resolution: 512`, `fidelity: lighting` (a settings model given by its `mode`) as {"mode": ...}, before
+    flags are merged in: `--feather 3` must add to the YAML's mode, not replace it."""
+    out = dict(data)
+    for name, f in model_cls.model_fields.items():
+        sub, v = f.annotation, out.get(name)
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and "mode" in sub.model_fields \
+                and isinstance(v, (str, int)) and not isinstance(v, bool):
+            out[name] = {"mode": v}
+    return out
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +245,8 @@ def model_pool() -> PoolConfig:
 
 def legacy_names(data: Any, renamed: dict[str, str]) -> Any:
     """Move keys of an older configuration to their current place (`decode_pool` to `pools.decode`):
-    YAML files written before the rename keep working; both at once is an error."""
+    YAML files written before the rename keep working; where both are given, the current name's keys win
+    (a flag such as `--batch-size` on a YAML file that still says `model_pool:`)."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -244,9 +257,10 @@ def legacy_names(data: Any, renamed: dict[str, str]) -> Any:
         node = data
         for part in parents:
             node[part] = node = dict(node.get(part) or {})
-        if leaf in node:
-            raise ValueError(f"{old} and {new} name the same setting: keep {new}")
-        node[leaf] = data.pop(old)
+        value = data.pop(old)
+        current = node.get(leaf)
+        node[leaf] = {**value, **current} if isinstance(value, dict) and isinstance(current, dict) else \
+            (value if current is None else current)
     return data
 
 

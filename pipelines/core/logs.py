@@ -76,17 +76,31 @@ def _native_stderr_to(path: Path):
         return lambda: None
     sys.stderr.flush()
     saved, old = os.dup(2), sys.stderr
-    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=old.encoding or "utf-8", errors="backslashreplace")
+    new = os.fdopen(os.dup(2), "w", buffering=1, encoding=old.encoding or "utf-8", errors="backslashreplace")
+    # The project's own warnings (lease, storage retries) go through handlers bound to the old stream: follow.
+    moved = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and h.stream is old]
+    for h in moved:
+        h.setStream(new)
+    sys.stderr = new
     log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 2)
     os.close(log)
 
     def undo() -> None:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr.close()
-        sys.stderr = old
+        try:
+            new.flush()
+        except (OSError, ValueError):  # a closed pipe on the other end: still put everything back
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            for h in moved:
+                h.setStream(old)
+            sys.stderr = old
+            try:
+                new.close()
+            except (OSError, ValueError):
+                pass
 
     return undo
 

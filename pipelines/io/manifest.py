@@ -50,7 +50,7 @@ def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; the job cannot run either way
         raise ManifestError(f"manifest {uri} cannot be read: {type(exc).__name__}: {exc}") from exc
-    for c in OPTIONAL:  # CSV has no nulls: an empty optional cell means "not given"
+    for c in OPTIONAL + URI_COLUMNS + PLACEMENT:  # CSV has no nulls: an empty cell means "not given"
         if c in df.columns:
             df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, str) and v == "") else v)
     return df.reset_index(drop=True)

@@ -37,6 +37,8 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
     if catalog:
         from pipelines.devtools.demo.catalog import run_catalog
 
+        if s3:
+            raise ValueError("--catalog runs on local folders; leave out --s3")
         return run_catalog(out, images, _common(model, engine, echo), echo)
     manifest = build_demo_data(out / "data", images)
     echo(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "

@@ -28,7 +28,7 @@ class HarmonizeJobConfig(JobConfig):
     max_failed_fraction: float | None = Field(
         None, ge=0, le=1, description="exit non-zero when more than this fraction of rows failed or were invalid"
     )
-    actors: str | None = Field(
+    actors: int | str | None = Field(
         None, exclude=True, description="model actors: N, or MIN,MAX to autoscale between (pools.model.min_workers "
         "and max_workers)")
 

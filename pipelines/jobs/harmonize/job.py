@@ -14,9 +14,11 @@ import json
 import logging
 import sys
 
+import numpy as np
 import pandas as pd
 
 from harmony_ops.defaults import model_label
+from harmony_ops.fidelity import within_bound
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
 from pipelines.core.stage import PoolConfig
@@ -115,6 +117,10 @@ def existing_images(cfg: HarmonizeJobConfig) -> set[str]:
         return set()
 
 
+def _null(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NA
+
+
 def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split pending rows into (to run, done before). Done = ok with the same key, same inputs, image present."""
     prev = previous_results(cfg)
@@ -123,18 +129,28 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
     ok = prev[(prev["status"].isin(DONE)) & (prev["config_key"] == key)]
     ok = ok.drop_duplicates("id", keep="last").set_index("id")
     images = existing_images(cfg)
-    prev = ok[["composite", "mask"]].reindex(rows["id"].to_numpy())  # vectorised: manifests can be large
+    # The same inputs: a composite row's composite and mask, a cutout row's files and placement.
+    inputs = ["composite", "mask", "foreground", "background", "x", "y", "scale"]
+    prev = ok.reindex(columns=inputs).reindex(rows["id"].to_numpy())  # vectorised: manifests can be large
     names = rows["output"].map(lambda o: o.rsplit("/", 1)[-1] if isinstance(o, str) else None)
+    same = np.ones(len(rows), dtype=bool)
+    for c in inputs:
+        a, b = prev[c].to_numpy(dtype=object), rows[c].to_numpy(dtype=object) if c in rows.columns else None
+        if b is None:
+            continue
+        same &= np.array([(pd.isna(x) and pd.isna(y)) if _null(x) or _null(y) else x == y for x, y in zip(a, b)],
+                         dtype=bool)
     done_mask = pd.Series(
-        (rows["status"].to_numpy() == Status.PENDING)
-        & (prev["composite"].to_numpy() == rows["composite"].to_numpy())
-        & (prev["mask"].to_numpy() == rows["mask"].to_numpy())
-        & names.isin(images).to_numpy(),
+        (rows["status"].to_numpy() == Status.PENDING) & same & names.isin(images).to_numpy(),
         index=rows.index,
     )
     done = rows[done_mask]
     carried = ok.loc[done["id"]].reset_index()
     carried["row"] = done["row"].to_numpy()
+    if "fg_chroma_shift" in carried.columns:  # the audit bound is not in the key (free mode): judge against this run's
+        bound = cfg.fidelity.audit_bound()
+        shift = pd.to_numeric(carried["fg_chroma_shift"], errors="coerce")
+        carried["fidelity_ok"] = [within_bound(None if pd.isna(v) else float(v), bound) for v in shift]
     carried["status"] = Status.SKIPPED
     return rows[~done_mask], carried
 

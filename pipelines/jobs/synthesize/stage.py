@@ -275,7 +275,11 @@ def _cutout(composite: np.ndarray, mask: np.ndarray) -> tuple[bytes, tuple[int, 
 
     ys, xs = np.nonzero(mask >= 0.5)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    alpha = np.rint(feather_alpha(mask, CUTOUT_EDGE) * 255).astype(np.uint8)
+    # feather_alpha(r) ramps over 2r + 1 pixels inside the edge; a mask too thin for the ramp to reach 255
+    # keeps a hard edge (it would otherwise lose its opaque core and be an empty mask to harmonize)
+    alpha = np.rint(feather_alpha(mask, max(1, CUTOUT_EDGE // 2)) * 255).astype(np.uint8)
+    if alpha.max() < 255:
+        alpha = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
     rgba = np.dstack([composite[y0:y1, x0:x1], alpha[y0:y1, x0:x1]])
     buf = io.BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG")

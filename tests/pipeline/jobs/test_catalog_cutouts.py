@@ -116,6 +116,15 @@ def test_cutouts_keep_their_hue_and_soft_edges_in_lighting_mode(ray_local, catal
 
     thumbs = case_images(m.loc["on-coffee"].to_dict(), {})  # a cutout row's report thumbnails: composed, harmonized
     assert thumbs["composite"] and thumbs["mask"] and thumbs["output"]
+    if engine != "baseline":
+        return
+    # Resume: a cutout moved on its background is run again; the rows whose inputs did not change are carried.
+    table = pd.read_json(root / "manifest.jsonl", lines=True, dtype=False)
+    table.loc[table["id"] == "on-coffee", "x"] = 50
+    table.to_json(root / "manifest.jsonl", orient="records", lines=True)
+    again = run_harmonize(cfg, echo=lambda *a, **k: None).metrics.set_index("id")
+    assert again.loc["on-coffee", "status"] == "ok" and again.loc["on-cat", "status"] == "skipped"
+    assert again.loc["on-coffee", "x"] == 50
 
 
 def test_synthesize_writes_a_cutout_manifest_that_harmonize_runs(ray_local, tmp_path, monkeypatch):

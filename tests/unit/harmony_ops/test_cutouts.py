@@ -186,3 +186,21 @@ def test_soft_paste_of_a_composite_row_with_a_16_bit_grey_mask():
     assert np.array_equal(out[4, 6:18], edge.astype(np.uint8))
     hard = FinishStage(FetchSettings(), "out", "png", 0, {}).deliver(sample, None, box, region)
     assert np.array_equal(hard[4], comp[4])  # without it, below 0.5 is the composite
+
+
+def test_a_scale_that_would_make_the_cutout_too_large_is_refused_like_a_decompression_bomb():
+    bg = np.full((50, 60, 3), 90, np.uint8)
+    with pytest.raises(ImageError) as e:
+        load_cutout_sample(rgba_cutout(), png(bg), 0, 0, scale=16.0, max_pixels=20 * 16 * 100)
+    assert e.value.kind == ErrorKind.TOO_LARGE
+
+
+def test_a_csv_manifest_mixing_both_kinds_of_row_with_blank_cells(tmp_path):
+    from pipelines.io.manifest import prepare_rows, read_manifest
+
+    (tmp_path / "m.csv").write_text("id,composite,mask,foreground,background,x,y,scale\n"
+                                    "c,c.png,m.png,,,,,\n"
+                                    "k,,,f.png,b.png,3,4,\n")
+    rows = prepare_rows(read_manifest(str(tmp_path / "m.csv")), str(tmp_path / "m.csv"), "/out", "png", 0)
+    assert list(rows["status"]) == ["pending", "pending"], list(rows["error_message"])
+    assert list(rows["layout"]) == ["composite", "cutout"] and rows.loc[1, "x"] == 3 and np.isnan(rows.loc[1, "scale"])

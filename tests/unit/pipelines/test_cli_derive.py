@@ -64,11 +64,25 @@ def test_older_pool_names_are_still_read():
     assert (syn.pools.synthesize.batch_size, syn.pools.model.batch_size) == (5, 7)
     tr = build(TrainJobConfig, None, {"task": "vae", "data": "d", "init": "i", "output": "o", "decode_pool": {"batch_size": 9}})
     assert tr.pools.decode.batch_size == 9
-    from pipelines.errors import ConfigError
+    both = build(TrainJobConfig, None, {"task": "vae", "data": "d", "init": "i", "output": "o",
+                                        "decode_pool": {"batch_size": 9, "max_workers": 3},
+                                        "pools": {"decode": {"batch_size": 2}}})
+    assert (both.pools.decode.batch_size, both.pools.decode.max_workers) == (2, 3)  # the current name wins
 
-    with pytest.raises(ConfigError, match="decode_pool and pools.decode"):
-        build(TrainJobConfig, None, {"task": "vae", "data": "d", "init": "i", "output": "o",
-                                     "decode_pool": {"batch_size": 9}, "pools": {"decode": {"batch_size": 2}}})
+
+def test_a_yaml_shorthand_and_a_nested_flag_combine(tmp_path):
+
+    (tmp_path / "job.yaml").write_text("manifest: m\noutput: o\nfidelity: lighting\nresolution: 512\n")
+    (tmp_path / "syn.yaml").write_text("manifest: m\noutput: o\nmodel_pool: {num_gpus: 1}\n")
+    args = build_parser().parse_args(["harmonize", "--config", str(tmp_path / "job.yaml"), "--max-chroma-shift", "2",
+                                      "--feather", "3"])
+    cfg = load_options(args)
+    assert (cfg.fidelity.mode, cfg.fidelity.max_chroma_shift) == ("lighting", 2.0)
+    assert (cfg.resolution.mode, cfg.resolution.feather) == ("512", 3)
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
+
+    syn = build(SynthesizeJobConfig, tmp_path / "syn.yaml", {"pools": {"model": {"batch_size": 8}}})
+    assert (syn.pools.model.num_gpus, syn.pools.model.batch_size) == (1, 8)
 
 
 def test_resolution_scalar_is_its_mode():
