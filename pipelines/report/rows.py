@@ -132,7 +132,7 @@ SCRIPT = """
     apply();
   });
   ['rows-search', 'rows-status', 'rows-subset', 'rows-bucket', 'rows-metric', 'rows-min', 'rows-max'].forEach((id) =>
-    $(id).addEventListener('input', () => { page = 0; apply(); }));
+    ['input', 'change'].forEach((ev) => $(id).addEventListener(ev, () => { page = 0; apply(); })));
   $('rows-prev').addEventListener('click', () => { if (page > 0) { page--; draw(); } });
   $('rows-next').addEventListener('click', () => { if ((page + 1) * PAGE < view.length) { page++; draw(); } });
   apply();
