@@ -27,6 +27,7 @@ from PIL import Image
 from harmony_ops.imageio import DEFAULT_MAX_PIXELS, apply_orientation, decode_image, decode_mask
 from harmony_ops.inputs import load_cutout_sample, load_sample
 
+from pipelines.report.rows import rows_section, script_hash
 from pipelines.report import svg as svg_plots
 from pipelines.io.storage import join, read_with_retries, write_bytes_atomic
 from pipelines.io.tables import METRICS_FILE, SUMMARY_FILE, read_parquet_tree
@@ -329,6 +330,12 @@ color:#888;font-size:11px;display:flex;align-items:center;justify-content:center
 background:linear-gradient(to right,rgb(0,0,4),rgb(87,16,110),rgb(188,55,84),rgb(249,142,9),rgb(252,255,164))}
 .n{color:#666;font-size:11px;white-space:nowrap}
 .msg{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:640px}
+.rows-controls{display:flex;flex-wrap:wrap;gap:6px;align-items:center;margin:8px 0}
+.rows-wrap{max-width:100%}
+table.rows{width:100%;table-layout:fixed}
+table.rows td,table.rows th{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;padding:2px 4px;font-size:12px}
+table.rows img{width:64px;height:auto;display:block}
+table.rows button.sort{border:0;background:none;font:inherit;font-weight:bold;cursor:pointer}
 """
 
 
@@ -434,6 +441,9 @@ def render_html(df: pd.DataFrame, summary: dict, prefix: str, case_thumbs: dict 
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">',
+        # Offline and self-contained: no network, no script but the row table's own (by hash).
+        f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\' data: file:; '
+        f'style-src \'unsafe-inline\'; script-src {script_hash()}">',
         f"<title>harmony report: {esc(prefix)}</title><style>{CSS}</style></head><body>",
         "<h1>Harmonization report</h1>",
         f'<p class="meta">{" · ".join(meta)}</p>',
@@ -460,6 +470,7 @@ def render_html(df: pd.DataFrame, summary: dict, prefix: str, case_thumbs: dict 
         parts.append(_grid(cases[name], case_thumbs, f"grid-{name}"))
     parts.append('<h2 id="failed">Failed rows</h2>')
     parts.append(_failed_section(groups, failed_thumbs))
+    parts.append(rows_section(df, prefix))
     parts.append("</body></html>")
     return "\n".join(parts)
 

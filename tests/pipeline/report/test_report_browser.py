@@ -157,6 +157,9 @@ def test_report_is_visible_and_fits_the_window(tmp_path: Path, width: int):
     write_report(str(prefix))
     html = (prefix / REPORT_FILE).read_text(encoding="utf-8")
     page = tmp_path / "measured.html"
+    # The measuring script is the test's, not the report's: the copy drops the report's CSP, which allows
+    # only the report's own script.
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
     page.write_text(html.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
 
     m = _measure(tmp_path, page, width)
