@@ -100,7 +100,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
 
 # --- what a person sees: rendered boxes, visible text and pixels, at common window widths ------
 
-# Appended to a copy of report.html (the report itself has no script): once the page has loaded,
+# Appended to a copy of report.html (without its CSP, which allows only its own script): once the page has loaded,
 # serialise the laid-out page (boxes in page coordinates, what is visible, visible text) into a
 # hidden <pre id="measure">, which --dump-dom returns. The scroll bar is forced so that a window as
 # tall as the page (for the screenshot) lays out exactly like a short one that scrolls.
