@@ -117,8 +117,9 @@ def existing_images(cfg: HarmonizeJobConfig) -> set[str]:
         return set()
 
 
-def _null(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v) or v is pd.NA
+def _same(x, y) -> bool:
+    """Equal cells, two nulls (None, NaN, NA) included."""
+    return bool(pd.isna(x) and pd.isna(y)) or (not pd.isna(x) and not pd.isna(y) and x == y)
 
 
 def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,11 +135,8 @@ def mark_resumable(rows: pd.DataFrame, cfg: HarmonizeJobConfig, key: str) -> tup
     prev = ok.reindex(columns=inputs).reindex(rows["id"].to_numpy())  # vectorised: manifests can be large
     names = rows["output"].map(lambda o: o.rsplit("/", 1)[-1] if isinstance(o, str) else None)
     same = np.ones(len(rows), dtype=bool)
-    for c in inputs:
-        a, b = prev[c].to_numpy(dtype=object), rows[c].to_numpy(dtype=object) if c in rows.columns else None
-        if b is None:
-            continue
-        same &= np.array([(pd.isna(x) and pd.isna(y)) if _null(x) or _null(y) else x == y for x, y in zip(a, b)],
+    for c in (c for c in inputs if c in rows.columns):
+        same &= np.array([_same(x, y) for x, y in zip(prev[c].to_numpy(dtype=object), rows[c].to_numpy(dtype=object))],
                          dtype=bool)
     done_mask = pd.Series(
         (rows["status"].to_numpy() == Status.PENDING) & same & names.isin(images).to_numpy(),
