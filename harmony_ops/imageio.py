@@ -251,7 +251,7 @@ def image_array(img: Image.Image) -> np.ndarray:
 # ~1 dB less PSNR at a similar size. PNG: zlib level 1 with the "up" row filter through OpenCV's
 # libpng, half the time of Pillow's adaptive filtering at level 1 and no larger, pixel-identical.
 WEBP_METHOD = 0
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 
 
 def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
@@ -262,7 +262,7 @@ def encode_image(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
         raise ValueError(f"image format must be one of {sorted(ENCODE_FORMATS)}, got {fmt!r}") from None
     arr = np.asarray(img)
     if pil_fmt == "PNG" and arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), _PNG_PARAMS)
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), PNG_PARAMS)
         if not ok:
             raise ValueError("PNG encoding failed")
         return buf.tobytes()

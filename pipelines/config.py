@@ -37,6 +37,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ReviewImagesOption(Strict):
+    """Declared once for the jobs that write a report (harmonize, evaluate)."""
+
+    review_images: bool = Field(True, description="write each row's review images under report_files/rows/<row>/ "
+                                "(composite, mask, ground truth, compare output, difference map at full resolution; a "
+                                "thumbnail) for the report's detail view; --no-review-images saves their storage")
+
+
 class ModelConfig(Strict):
     engine: Literal["diffharmony", "baseline"] | None = Field(
         None,

@@ -39,7 +39,8 @@ DELTA_METRICS = ("delta_psnr", "delta_fmse")
 # A cutout row's placement and inputs (schemas/manifest.py), passed through from the manifest.
 PLACEMENT_COLUMNS = ("x", "y", "scale")
 OPTIONAL_FLOAT_COLUMNS = COMPARE_METRICS + DELTA_METRICS + PLACEMENT_COLUMNS
-OPTIONAL_STRING_COLUMNS = ("layout", "foreground", "background")
+# review: the file names a job wrote under report_files/rows/<row>/ for the report (pipelines/jobs/review_images.py)
+OPTIONAL_STRING_COLUMNS = ("layout", "foreground", "background", "review")
 
 COLUMNS = (("id", "row", "status", "composite", "mask") + STRING_COLUMNS[2:] + NULLABLE_STRING_COLUMNS[2:]
            + NULLABLE_INT_COLUMNS + FLOAT_COLUMNS + NULLABLE_BOOL_COLUMNS)

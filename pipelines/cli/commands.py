@@ -76,7 +76,15 @@ def cmd_train(cfg, console) -> int:
 def cmd_report(o, console) -> int:
     from pipelines.report.html import write_report
 
-    print(f"wrote {write_report(o.prefix, o.storage_options)}")
+    uri = write_report(o.prefix, o.storage_options)
+    print(f"wrote {uri}")
+    if o.screenshot:
+        from pipelines.report.screenshot import screenshot
+
+        print(f"wrote {screenshot(uri, o.screenshot, o.row)}")
+    elif o.row is not None:
+        print("--row is for --screenshot", file=sys.stderr)
+        return 2
     return 0
 
 

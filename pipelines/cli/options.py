@@ -29,6 +29,10 @@ class OutputFlags(Strict):
 
 class ReportOptions(StorageOptions):
     prefix: CliPositionalArg[str] = Field(description="a harmonize or evaluate output prefix")
+    screenshot: str | None = Field(None, description="also save a PNG of the written report as headless chromium shows "
+                                   "it (local prefixes; needs chromium, chromium-driver and selenium)")
+    row: int | None = Field(None, ge=0, description="with --screenshot: that manifest row's detail view instead of "
+                            "the row table")
 
 
 class ImportIHarmony4Options(StorageOptions):

@@ -22,6 +22,7 @@ from pipelines.io.storage import arrow_filesystem, filesystem, join, protocol_of
 JOURNAL = "_journal"
 METRICS_FILE = "metrics/metrics.parquet"
 SUMMARY_FILE = "summary.json"
+REVIEW_DIR = "report_files/rows"  # each row's review images, beside report.html (pipelines/jobs/review_images.py)
 
 
 def parquet_files(uri: str, options: dict) -> tuple[pa.fs.FileSystem, list[str]]:

@@ -4,9 +4,10 @@ Reads `metrics/metrics.parquet` and `summary.json` under an output prefix, fetch
 images it shows (through `pipelines.io.storage`, local or object storage) and writes
 `report.html` next to them: the summary tables in the paper's layout, inline-SVG plots of the
 metric distributions, image grids (composite | harmonized | ground truth | mask | error heat map)
-for the worst, median and best rows by fMSE, and the failed rows grouped by reason. Images are
-embedded as base64 thumbnails (at most 256 px); no external URL, no JavaScript. Every piece of
-text from the data is HTML-escaped.
+for the worst, median and best rows by fMSE, the failed rows grouped by reason, and every row
+(`rows.py`: a table and a per-row detail view over the review images the jobs wrote beside it).
+The grids' images are embedded as base64 thumbnails (at most 256 px); no external URL; one script,
+the row table's, allowed by its hash. Every piece of text from the data is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 
 from harmony_ops.imageio import DEFAULT_MAX_PIXELS, apply_orientation, decode_image, decode_mask
 from harmony_ops.inputs import load_cutout_sample, load_sample
+from harmony_ops.review import HEAT_SCALE, abs_difference, heat_colours
 
 from pipelines.report.rows import rows_section, script_hash
 from pipelines.report import svg as svg_plots
@@ -38,13 +40,9 @@ TABLE_METRICS = (("MSE", "mse"), ("PSNR", "psnr"), ("fMSE", "fmse"))
 ALL_METRICS = (("MSE", "mse"), ("PSNR", "psnr"), ("fMSE", "fmse"), ("fPSNR", "fpsnr"), ("bMSE", "bmse"),
                ("SSIM", "ssim"), ("MSE (full res.)", "mse_full"), ("PSNR (full res.)", "psnr_full"))
 THUMB = 256
-HEAT_SCALE = 64.0  # mean absolute error (0-255 levels) drawn at full colour
 CASES = 3  # rows per worst / median / best grid
 FAILED_THUMBS = 4  # composite thumbnails per failure reason
 FAILED_LISTED = 50  # rows listed per failure reason
-# Inferno-like colour map for the error heat map (value in [0, 1] -> RGB).
-_HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-_HEAT_RGB = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
 
 
 def esc(x) -> str:
@@ -232,14 +230,12 @@ def _data_uri(img: Image.Image, fmt: str = "JPEG") -> str:
 def heat_map(pred: np.ndarray, real: np.ndarray, scale: float = HEAT_SCALE) -> Image.Image:
     """Per-pixel mean absolute error (0-255 levels), averaged down to thumbnail size (so magnitudes
     survive), coloured black -> purple -> orange -> yellow, saturating at `scale`."""
-    err = np.abs(pred.astype(np.float32) - real.astype(np.float32)).mean(axis=2)
+    err = abs_difference(pred, real)
     h, w = err.shape
     f = min(1.0, THUMB / max(h, w))
     size = (max(1, round(w * f)), max(1, round(h * f)))
     small = np.asarray(Image.fromarray(err, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float64)
-    t = np.clip(small / scale, 0.0, 1.0)
-    rgb = np.stack([np.interp(t, _HEAT_STOPS, _HEAT_RGB[:, c]) for c in range(3)], axis=-1)
-    return Image.fromarray(np.round(rgb).astype(np.uint8))
+    return Image.fromarray(heat_colours(small, scale))
 
 
 def _read(uri, options, retries):
@@ -335,7 +331,24 @@ background:linear-gradient(to right,rgb(0,0,4),rgb(87,16,110),rgb(188,55,84),rgb
 table.rows{width:100%;table-layout:fixed}
 table.rows td,table.rows th{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;padding:2px 4px;font-size:12px}
 table.rows img{width:64px;height:auto;display:block}
+table.rows td.t{text-align:left}table.rows th.c-image{width:72px}table.rows th.c-row{width:3.5em}table.rows th.c-id{width:16%}
+table.rows th.c-error_message{width:14%}table.rows th.c-status{width:5em}
 table.rows button.sort{border:0;background:none;font:inherit;font-weight:bold;cursor:pointer}
+table.rows button.open{border:0;background:none;font:inherit;color:#1a56a0;text-decoration:underline;cursor:pointer;padding:0}
+table.rows img.open{cursor:zoom-in}
+body.detail-open{overflow:hidden}
+.detail{position:fixed;inset:0;background:#1d1d1f;color:#eee;z-index:10;display:flex;flex-direction:column}
+.detail[hidden]{display:none}
+.detail-bar{display:flex;flex-wrap:wrap;gap:8px;align-items:center;padding:8px 12px;background:#2a2a2e;font-size:13px}
+.detail-bar button{font:inherit;cursor:pointer}.detail-zoom button.on{font-weight:bold;outline:2px solid #6aa0e0}
+#detail-title{font-size:15px}#detail-meta{color:#bbb}.detail-zoom{margin-left:auto}
+#detail-note{margin:4px 12px;font-size:12px;color:#f3c27a;white-space:pre-wrap}
+#detail-panels{flex:1;min-height:0;display:grid;grid-auto-rows:minmax(0,1fr);gap:8px;padding:8px 12px}
+.panel{margin:0;display:flex;flex-direction:column;min-width:0;min-height:0}
+.panel figcaption{font-size:12px;color:#ccc;margin-bottom:2px}
+.panel .scroll{flex:1;min-height:0;overflow:auto;background:#111}
+.panel img{max-width:100%;max-height:100%;display:block;margin:auto;cursor:zoom-in}
+#detail-panels.zoomed img{max-width:none;max-height:none;margin:0;image-rendering:pixelated;cursor:default}
 """
 
 
@@ -345,8 +358,16 @@ def _img(uri: str | None, alt: str) -> str:
     return f'<img src="{uri}" alt="{esc(alt)}">'
 
 
+def _row_link(r) -> str:
+    """The row's id, linking to its detail view in the row table (`#row=N`)."""
+    row = r.get("row")
+    if row is None or pd.isna(row):
+        return esc(r.get("id"))
+    return f'<a href="#row={int(row)}">{esc(r.get("id"))}</a>'
+
+
 def _caption(r) -> str:
-    parts = [f"<b>{esc(r.get('id'))}</b>"]
+    parts = [f"<b>{_row_link(r)}</b>"]
     if isinstance(r.get("subset"), str):
         parts.append(f"subset {esc(r['subset'])}")
     for label, key, digits in (("fMSE", "fmse", 2), ("PSNR", "psnr", 2), ("MSE", "mse", 2), ("fg ratio", "fg_ratio", 3)):
@@ -385,7 +406,7 @@ def _failed_section(groups: dict[str, pd.DataFrame], thumbs: dict) -> str:
                 thumb = _img(uri, "composite") if uri else f'<span class="msg">cannot be read: {esc(err)}</span>'
             else:
                 thumb = "—"
-            out.append(f"<tr><td>{esc(r.get('id'))}</td><td>{esc(r.get('status'))}</td><td>{esc(r.get('error_type'))}</td>"
+            out.append(f"<tr><td>{_row_link(r)}</td><td>{esc(r.get('status'))}</td><td>{esc(r.get('error_type'))}</td>"
                        f"<td class=\"msg\">{esc(r.get('error_message'))}</td><td>{thumb}</td></tr>")
         out.append("</tbody></table>")
         if len(part) > FAILED_LISTED:

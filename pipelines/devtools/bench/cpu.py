@@ -3,7 +3,7 @@
 The harmonize job's CPU work for one row, with the job's own functions, in the order the stages
 run it: the decode stage (read the three files, decode them with the input guards, plan the
 region, crop and resize it for the engine, pack it for the hand-off) and the finish stage
-(decode again, paste the harmonized region back, encode, write, every metric). The model's
+(decode again, paste the harmonized region back, encode, write, every metric, the report's review images). The model's
 result is stood in for by a shifted copy of the region (the model is not this section's subject).
 
 Inputs are synthetic photographs (scikit-image's bundled astronaut upscaled to the size, plus
@@ -38,7 +38,7 @@ import numpy as np
 # 4:3 sizes of about 1, 4 and 12 megapixels.
 SIZES = {1: (1152, 864), 4: (2304, 1728), 12: (4032, 3024)}
 FORMATS = ("jpg", "webp", "png")
-STEPS = ("read", "decode", "plan_crop_resize", "decode_finish", "paste", "encode", "write", "metrics")
+STEPS = ("read", "decode", "plan_crop_resize", "decode_finish", "paste", "encode", "write", "metrics", "review")
 # How often the path decodes each input (decode stage + finish stage): the codec floor counts the same.
 DECODES_PER_ROW = {"composite": 2, "real": 2}
 # CPU seconds per image the issue sets for JPEG inputs and jpg/webp output (PNG: on top of its codec floor).
@@ -137,6 +137,8 @@ def run_row(paths: dict[str, Path], out_uri: str, fmt: str, clock: StepClock) ->
     from harmony_ops.regions import finish, plan_from_columns, prepare, unpack
     from harmony_ops.resolution import ResolutionPolicy
     from pipelines.io.storage import read_with_retries, write_with_retries
+    from pipelines.config import FetchSettings
+    from pipelines.jobs.review_images import review_mask, sources, write_review
     from pipelines.jobs.row_metrics import row_metrics
 
     # decode stage
@@ -165,6 +167,9 @@ def run_row(paths: dict[str, Path], out_uri: str, fmt: str, clock: StepClock) ->
         write_with_retries(out_uri, data, None, 0)
     with clock.step("metrics"):
         values = row_metrics(sample, out)
+    with clock.step("review"):  # the report's per-row images, as the finish stage writes them by default
+        write_review(str(Path(out_uri).parent), 0, FetchSettings(retries=0), sample.composite, out,
+                     review_mask(sample), sample.real, with_harmonized=False, **sources(sample, comp_b, real_b))
     return values
 
 
@@ -262,7 +267,7 @@ def bench_cpu(megapixels=(1, 4, 12), formats=FORMATS, repeats: int = 3, fg_ratio
 
 def cpu_markdown(c: dict) -> list[str]:
     """The section's tables: steps per size and format, then the PNG codec floor."""
-    head = ["read", "decode", "plan+crop+resize", "decode (finish)", "paste", "encode", "write", "metrics"]
+    head = ["read", "decode", "plan+crop+resize", "decode (finish)", "paste", "encode", "write", "metrics", "review images"]
     alloc = "freed memory kept (keep_freed_memory)" if c.get("allocator") else "glibc defaults"
     lines = [f"CPU seconds per image outside the model (one core, median of up to {c['repeats']} runs; foreground {c['fg_ratio']:.0%}; "
              f"allocator: {alloc}; OpenCV {c['opencv']}, Pillow {c['pillow']})", "",

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from pipelines.config import JobConfig, Location, Strict, legacy_names
+from pipelines.config import JobConfig, Location, ReviewImagesOption, Strict, legacy_names
 from pipelines.core.stage import PoolConfig
 
 
@@ -18,7 +18,7 @@ class EvaluatePools(Strict):
     evaluate: PoolConfig = Field(default_factory=_evaluate_pool, description="the evaluation stage's tasks (CPU)")
 
 
-class EvaluateJobConfig(JobConfig):
+class EvaluateJobConfig(JobConfig, ReviewImagesOption):
     """`harmony evaluate`: harmonized images (any method's) against ground truth, iHarmony4 protocol."""
 
     block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")

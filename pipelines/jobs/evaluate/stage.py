@@ -23,6 +23,7 @@ from pipelines.jobs.evaluate.config import EvaluateJobConfig
 from pipelines.config import FetchSettings
 from pipelines.core.stage import PoolConfig, Stage, fail_row, fail_with, pending, set_values
 from pipelines.io.storage import is_uri, read_with_retries
+from pipelines.jobs.review_images import review_mask, sources, write_review
 from pipelines.jobs.row_metrics import ROW_METRICS, gt_columns, protocol_columns, row_metrics
 from schemas.metrics import DELTA_METRICS
 from schemas.vocabulary import ErrorKind, Status
@@ -85,11 +86,13 @@ class EvaluateStage(Stage):
     use_gt_bg: bool = False
     job_columns: dict = field(default_factory=dict)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    review_output: str | None = None  # the output prefix the report's per-row images go under (None: not written)
 
     @classmethod
     def for_job(cls, cfg: EvaluateJobConfig, job_columns: dict | None = None,
                 pool: PoolConfig | None = None) -> "EvaluateStage":
-        return cls(cfg.fetch, bool(cfg.compare), cfg.use_gt_bg, dict(job_columns or {}), pool or PoolConfig())
+        return cls(cfg.fetch, bool(cfg.compare), cfg.use_gt_bg, dict(job_columns or {}), pool or PoolConfig(),
+                   cfg.output if cfg.review_images else None)
 
     name = "evaluate"
 
@@ -98,12 +101,12 @@ class EvaluateStage(Stage):
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return ("status", "composite", "mask", "real", "output") + ((COMPARE_INPUT,) if self.compare else ())
+        return ("row", "status", "composite", "mask", "real", "output") + ((COMPARE_INPUT,) if self.compare else ())
 
     @property
     def writes(self) -> tuple[str, ...]:
         compare = COMPARE_METRICS + DELTA_METRICS if self.compare else ()
-        return ("width", "height", "fg_ratio", "fg_bucket", "notes", "seconds_decode", "seconds_finish") \
+        return ("width", "height", "fg_ratio", "fg_bucket", "notes", "review", "seconds_decode", "seconds_finish") \
             + ROW_METRICS + compare + tuple(self.job_columns)
 
     def process(self, batch: pd.DataFrame):
@@ -148,37 +151,48 @@ class EvaluateStage(Stage):
             values = score_prediction(sample, pred, grey, self.use_gt_bg, notes)
             ratio = protocol_fg_ratio(grey)
             values.update(fg_ratio=ratio, fg_bucket=fg_bucket(ratio))
+            other = other_bytes = None
             if self.compare:
-                values.update(self._compare(row, sample, grey, values, notes))
+                cols, other, other_bytes = self._compare(row, sample, grey, values, notes)
+                values.update(cols)
         except Exception as exc:  # noqa: BLE001
             fail_with(batch, i, exc, ErrorKind.METRICS_ERROR, storage=False)
             return None
+        if self.review_output is not None:
+            values["review"], note = write_review(self.review_output, row["row"], self.fetch, sample.composite, pred,
+                                                  review_mask(sample), sample.real, other, **sources(sample, comp, real),
+                                                  harmonized_source=None if pred_notes else pred_bytes,
+                                                  compare_source=other_bytes)
+            notes += [note] if note else []
         h, w = sample.mask.shape
         return {**values, "status": Status.OK, "width": w, "height": h, "notes": ",".join(notes) or None,
                 "seconds_decode": t_metrics - t, "seconds_finish": time.perf_counter() - t_metrics}
 
-    def _compare(self, row, sample: Sample, grey: np.ndarray, main: dict, notes: list[str]) -> dict:
-        """The compare method's 256 px metrics and per-image deltas (compare minus main); a missing or
-        unreadable compare prediction leaves them null with a note, never fails the row."""
+    def _compare(self, row, sample: Sample, grey: np.ndarray, main: dict,
+                 notes: list[str]) -> tuple[dict, np.ndarray | None, bytes | None]:
+        """(The compare method's 256 px metrics and per-image deltas (compare minus main), its decoded image, its
+        file where a browser shows it as decoded);
+        a missing or unreadable compare prediction leaves them null with a note, never fails the row. Without
+        ground truth there is nothing to score, but its image is still shown beside the prediction."""
         uri = row.get(COMPARE_INPUT)
-        if sample.real is None:  # the compare columns are ground-truth metrics
-            notes.append("compare_no_ground_truth")
-            return {}
         if not is_uri(uri):
             notes.append("compare_missing_prediction")
-            return {}
+            return {}, None, None
         try:
             data = read_with_retries(uri, self.fetch.storage_options, self.fetch.retries)
-            other, _ = decode_prediction(data, self.fetch.max_pixels, what="compare")
+            other, other_notes = decode_prediction(data, self.fetch.max_pixels, what="compare")
         except FileNotFoundError:
             notes.append("compare_missing_prediction")
-            return {}
+            return {}, None, None
         except ImageError as exc:
             notes.append(f"compare_{exc.kind}")
-            return {}
+            return {}, None, None
         except Exception:  # noqa: BLE001
             notes.append("compare_storage_error")
-            return {}
+            return {}, None, None
+        if sample.real is None:  # the compare columns are ground-truth metrics
+            notes.append("compare_no_ground_truth")
+            return {}, other, None if other_notes else data
         if other.shape[:2] == sample.mask.shape:
             cols = gt_columns(other, sample.real, grey, prefix="compare_", use_gt_bg=self.use_gt_bg)
         else:
@@ -186,7 +200,7 @@ class EvaluateStage(Stage):
         out = {k: cols[k] for k in COMPARE_METRICS}
         out["delta_psnr"] = _delta(out["compare_psnr"], main["psnr"])
         out["delta_fmse"] = _delta(out["compare_fmse"], main["fmse"])
-        return out
+        return out, other, None if other_notes else data
 
 
 def _delta(a: float, b: float) -> float:

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.config import FidelityConfig, JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig
+from pipelines.config import FidelityConfig, JobConfig, Location, ModelConfig, PoolsConfig, ResolutionConfig, ReviewImagesOption
 
 
-class HarmonizeJobConfig(JobConfig):
+class HarmonizeJobConfig(JobConfig, ReviewImagesOption):
     """`harmony harmonize`: a manifest of composites to harmonized images and metric tables."""
 
     block_rows: int = Field(16, ge=1, description="manifest rows per Ray block (unit of streaming and of journal files)")

@@ -20,6 +20,7 @@ from pipelines.core.stage import PoolConfig, Stage, cell, fail_row, fail_with, p
 from pipelines.io.storage import join, write_with_retries
 from pipelines.io.row_inputs import load_row
 from pipelines.jobs.harmonize.decode import CUTOUT_COLUMNS, ENCODED
+from pipelines.jobs.review_images import review_mask, sources, write_review
 from pipelines.jobs.row_metrics import ROW_METRICS, row_metrics
 from schemas.vocabulary import BAD, SEGMENT, ErrorKind, Status
 
@@ -49,15 +50,16 @@ class FinishStage(Stage):
     pool: PoolConfig = field(default_factory=PoolConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     soft_paste: bool = False  # composite rows: the mask's grey levels are the paste-back alpha (cutouts: always)
+    review_images: bool = False  # the report's per-row images (pipelines/jobs/review_images.py)
 
     @classmethod
     def for_job(cls, cfg: HarmonizeJobConfig, columns: dict, pool: PoolConfig | None = None) -> "FinishStage":
         return cls(cfg.fetch, cfg.output, cfg.image_format, cfg.resolution.feather, columns, pool or PoolConfig(),
-                   cfg.fidelity, cfg.soft_paste)
+                   cfg.fidelity, cfg.soft_paste, cfg.review_images)
 
     name = "finish"
-    reads = ("status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS + CUTOUT_COLUMNS
-    writes = ("seconds_finish",) + ROW_METRICS + JOB_COLUMNS
+    reads = ("row", "status", "output", "result_rgb") + ENCODED + PLAN_COLUMNS + CUTOUT_COLUMNS
+    writes = ("seconds_finish", "review", "notes") + ROW_METRICS + JOB_COLUMNS
 
     def setup(self) -> None:
         setup_cpu_worker(self.pool.num_cpus)  # freed memory kept for the next image, OpenCV threads = CPU share
@@ -83,6 +85,14 @@ class FinishStage(Stage):
             except Exception as exc:  # noqa: BLE001
                 fail_with(batch, i, exc, ErrorKind.FINISH_ERROR)
                 continue
+            if self.review_images:  # the harmonized image itself lies beside the report, in images/
+                # A composite row's own files are shown as they are where they can be: no encoding spent.
+                given = {} if background is not None else sources(sample, row["comp_bytes"], cell(row, "real_bytes"))
+                values["review"], note = write_review(
+                    self.output, row["row"], self.fetch, sample.composite, out, review_mask(sample), sample.real,
+                    with_harmonized=False, **given)
+                if note:
+                    values["notes"] = ",".join(n for n in (cell(row, "notes"), note) if n)
             set_values(batch, i, {**values, "status": Status.OK, "seconds_finish": time.perf_counter() - t})
         for k, v in self.job_columns.items():
             batch[k] = v

@@ -202,6 +202,17 @@ def test_evaluate_folder_compare_summary_and_report(ray_local, data):
 
     assert html.lower().count("<script") == 2 and f"script-src {script_hash()}" in html
 
+    # each row's review images for the report's detail view, beside it: the prediction copied (it lies outside
+    # the output prefix), the compare method's output where there is one, ground truth where there is one
+    rows = by_id["review"].dropna().str.split(",")
+    assert set(rows.index) == set(ok.index)  # every scored row, no failed one
+    stems = rows.map(lambda names: {n.rsplit(".", 1)[0] for n in names})
+    assert {"composite", "harmonized", "compare", "real", "mask", "difference", "thumb"} == stems["s1"]
+    assert "real" not in stems["noreal"] and "compare" not in stems["s4"]
+    assert "harmonized.jpg" in rows["s1"]  # its prediction is a JPEG: copied as it is
+    for name in rows["s1"]:
+        assert (out / "report_files" / "rows" / str(by_id.at["s1", "row"]) / name).stat().st_size > 0
+
 
 def test_evaluate_use_gt_bg_from_a_harmonize_prefix_via_cli(ray_local, data):
     root, manifest = data["root"], data["manifest"]

@@ -117,11 +117,13 @@ def test_resume_skips_done_rows_and_no_resume_redoes_them(ray_local, tmp_path):
     manifest_path, manifest = local_dataset(tmp_path)
     base = dict(manifest=str(manifest_path), output=str(tmp_path / "out"), model=ModelConfig(engine="baseline"),
                 pools=pools(2), block_rows=2)
-    first = run_harmonize(HarmonizeJobConfig(limit=2, **base), echo=quiet)
+    first = run_harmonize(HarmonizeJobConfig(limit=2, review_images=False, **base), echo=quiet)
     assert list(first.metrics["status"]) == ["ok", "ok"]
-    second = run_harmonize(HarmonizeJobConfig(**base), echo=quiet)
+    assert first.metrics["review"].isna().all() and not (tmp_path / "out" / "report_files").exists()
+    second = run_harmonize(HarmonizeJobConfig(**base), echo=quiet)  # review images are not in the resume key
     assert list(second.metrics["status"]) == ["skipped"] * 2 + ["ok"] * (len(manifest) - 2)
     assert second.metrics["psnr"].notna().all()  # carried rows keep their metrics
+    assert second.metrics["review"].notna().tolist() == [False] * 2 + [True] * (len(manifest) - 2)
     # a finished job run again skips every row, except that a deleted image is redone even though the
     # table says ok (one run checks both: each run costs seconds)
     (tmp_path / "out" / "images" / "good3.png").unlink()
@@ -214,6 +216,12 @@ def test_rows_without_ground_truth_are_ok_with_no_reference_metrics(ray_local, t
     assert "vs ground truth (256 px), 2 of 4 rows" in out and "no-reference over 4 rows" in out
     html = store.read("out/report.html").decode()
     assert "(n=2)" in html and "(n=1)" in html  # All, and each subset: the means say how many rows they are over
+    # the report's detail view: each row's review images under report_files/ (harmonized itself is in images/)
+    for _, r in m.iterrows():
+        names = r["review"].split(",")  # the composite and ground truth are PNGs: copied as they are
+        assert "composite.png" in names and ("real.png" in names) == (r["id"] in ("g0", "g2"))
+        assert not any(n.startswith("harmonized.") for n in names)
+        assert store.read(f"out/report_files/rows/{r['row']}/difference.png")[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("where", STORES)

@@ -4,7 +4,6 @@ walks a 10,000-row report. Skipped where chromium, chromedriver or selenium is m
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +14,15 @@ from pipelines.report.html import REPORT_FILE, render_html, write_report
 from pipelines.report.summary import build_summary
 from tests.unit.pipelines.report.test_report import make_report_prefix
 
-webdriver = pytest.importorskip("selenium.webdriver")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(DRIVER is None or shutil.which("chromium") is None,
-                                reason="chromium and chromium-driver are not installed")
+from pipelines.report.browser import headless_chromium, missing
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no headless chromium: {missing()}")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(a)
-    opts.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    yield driver
-    driver.quit()
+    with headless_chromium(1400, 1000) as driver:
+        yield driver
 
 
 def ids(browser) -> list[str]:
@@ -83,3 +74,68 @@ def test_a_10000_row_report_pages_and_sorts(browser, tmp_path: Path):
     browser.find_element("id", "rows-next").click()
     assert "page 2 of 100" in browser.find_element("id", "rows-page").text
     assert browser.find_element("id", "rows-count").text == f"{n} of {n} rows"
+
+
+def panels(browser) -> dict:
+    """{caption: the panel's <img>} of the open detail view."""
+    return {p.find_element("tag name", "figcaption").text: p.find_element("tag name", "img")
+            for p in browser.find_elements("css selector", "#detail-panels figure")}
+
+
+def test_a_row_opens_at_full_resolution_with_zoom_and_steps_to_the_next(browser, tmp_path: Path):
+    prefix = make_report_prefix(tmp_path, size=(90, 120))
+    write_report(str(prefix))
+    metrics = pd.read_parquet(prefix / "metrics" / "metrics.parquet").set_index("id")
+    browser.get((prefix / REPORT_FILE).resolve().as_uri())
+    assert not browser.find_element("id", "detail").is_displayed()
+    header(browser, "fmse").click()  # worst first: the view steps through the table's order
+    order = ids(browser)
+    browser.find_element("css selector", "#table-rows tbody tr button.open").click()
+    assert browser.find_element("id", "detail").is_displayed()
+    assert browser.find_element("id", "detail-title").text == order[0]
+    shown = panels(browser)
+    assert list(shown) == ["composite", "harmonized", "ground truth", "mask", "difference to ground truth"]
+    width = int(metrics.loc[order[0], "width"])
+    for label, img in shown.items():  # every image decoded at the row's own size
+        assert browser.execute_script("return arguments[0].naturalWidth", img) == width, label
+    assert browser.current_url.endswith(f"#row={int(metrics.loc[order[0], 'row'])}")
+    browser.find_element("css selector", '.detail-zoom button[data-zoom="4"]').click()
+    assert shown["mask"].size["width"] == 4 * width  # 400 %: drawn at four times its pixels
+    browser.find_element("id", "detail-next").click()
+    assert browser.find_element("id", "detail-title").text == order[1]
+    browser.find_element("tag name", "body").send_keys("\ue00c")  # Escape
+    assert not browser.find_element("id", "detail").is_displayed()
+    link = browser.find_element("css selector", "#grid-best a")  # the grids' ids open their rows too
+    link.click()
+    assert browser.find_element("id", "detail-title").text == link.text
+    browser.find_element("id", "detail-close").click()
+    # A failed row opens with its reason and no images.
+    browser.find_element("id", "rows-search").send_keys("nopred")
+    browser.find_element("css selector", "#table-rows tbody tr button.open").click()
+    assert browser.find_element("id", "detail-title").text == "nopred"
+    assert "missing_prediction" in browser.find_element("id", "detail-note").text and not panels(browser)
+
+
+def test_a_row_without_ground_truth_shows_what_the_model_changed(browser, tmp_path: Path):
+    prefix = make_report_prefix(tmp_path, ground_truth=False)
+    write_report(str(prefix))
+    browser.get((prefix / REPORT_FILE).resolve().as_uri() + "#row=2")  # a link straight to one row
+    assert browser.find_element("id", "detail-title").text == "img2"
+    assert list(panels(browser)) == ["composite", "harmonized", "mask", "change from composite"]
+
+
+def test_harmony_report_saves_screenshots_of_the_table_and_of_a_row(tmp_path: Path, monkeypatch):
+    from PIL import Image
+
+    from pipelines.cli.main import main as cli_main
+
+    make_report_prefix(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths, as the README shows the command
+    assert cli_main(["report", "out", "--screenshot", "shots/rows.png"]) == 0
+    assert cli_main(["report", "out", "--screenshot", "shots/row.jpg", "--row", "2"]) == 0
+    for name, light in (("rows.png", True), ("row.jpg", False)):
+        img = np.asarray(Image.open(tmp_path / "shots" / name).convert("RGB"))
+        assert img.shape == (1000, 1400, 3)
+        assert (img.mean() > 150) == light  # the light page, or the dark detail view over it
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # photographs and text drawn, not a blank page
+    assert cli_main(["report", "out", "--screenshot", "shots/none.png", "--row", "99"]) == 2
