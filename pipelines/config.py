@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, EMBEDDED_MODEL_DIR, SCHEDULER_NAMES
+from harmony_ops.defaults import DEFAULT_REFINE_MAX_PIXELS, EMBEDDED_MODEL_DIR, SCHEDULER_NAMES, default_engine
 from harmony_ops.resolution import ResolutionPolicy
 from pipelines.core.stage import PoolConfig
 from pipelines.errors import ConfigError
@@ -48,8 +48,9 @@ class ReviewImagesOption(Strict):
 class ModelConfig(Strict):
     engine: Literal["diffharmony", "baseline"] | None = Field(
         None,
-        description="diffharmony (two-stage diffusion) or baseline (Lab colour-statistics transfer); "
-        "unset: diffharmony",
+        description="diffharmony (two-stage diffusion) or baseline (Lab colour-statistics transfer); unset: "
+        "diffharmony with --model; without, the embedded model where its recorded quality benchmark shows it improves "
+        "unseen images (harmony bench --sections quality), else baseline",
     )
     model: Location | None = Field(None, description="DiffHarmony checkpoint (diffusers layout): local path or fsspec URI; "
                               "unset: the embedded demo model (harmony_ops/weights/demo, trained by `make model`)")
@@ -81,11 +82,22 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _model_needed(self) -> "ModelConfig":
         # validate_assignment would re-enter this validator: set the fields directly.
-        if self.engine is None:
-            object.__setattr__(self, "engine", "diffharmony")
+        if self.engine is None:  # a model given: it runs; none: the embedded model only where it earns it
+            object.__setattr__(self, "engine", "diffharmony" if self.model else default_engine())
         if self.engine == "diffharmony" and not self.model:
             object.__setattr__(self, "model", str(EMBEDDED_MODEL_DIR))
         return self
+
+    @property
+    def by_default(self) -> bool:
+        """Neither an engine nor a model was named: the engine is the quality benchmark's choice."""
+        return not {"engine", "model"} & self.model_fields_set
+
+    def label(self) -> str:
+        """What a start banner says runs (and, where it was not named, why)."""
+        from harmony_ops.defaults import model_label
+
+        return model_label(self.engine, self.model, self.by_default)
 
     def engine_kwargs(self, storage_options: dict | None = None) -> dict[str, Any]:
         if self.engine == "baseline":

@@ -35,10 +35,9 @@ class Command:
 
 
 def cmd_image(cfg, console) -> int:
-    from harmony_ops.defaults import model_label
     from pipelines.jobs.image.job import run_image
 
-    print(f"harmony image: {model_label(cfg.model.engine, cfg.model.model)}, resolution {cfg.resolution.mode}", file=sys.stderr)
+    print(f"harmony image: {cfg.model.label()}, resolution {cfg.resolution.mode}", file=sys.stderr)
     r = run_image(cfg)
     crop = f" crop {r.plan.crop}" if r.plan.crop else ""
     print(f"wrote {r.output} ({r.width}x{r.height}); inference {r.plan.width}x{r.plan.height}{crop}")
@@ -136,7 +135,8 @@ def cmd_bench(o, console) -> int:
               images=o.images, out=o.out, repeats=o.repeats, steps=o.steps, dtype=o.dtype,
               sections=tuple(o.sections.split(",")), argv=sys.argv[2:], options=options,
               cpu_megapixels=tuple(float(x) if "." in x else int(x) for x in o.cpu_megapixels.split(",")),
-              job_rows=o.job_rows, **({"adaptive_size": o.adaptive_photo_size} if o.adaptive_photo_size else {}))
+              job_rows=o.job_rows, quality_model=o.quality_model, quality_per_kind=o.quality_per_kind, record=o.record,
+              **({"adaptive_size": o.adaptive_photo_size} if o.adaptive_photo_size else {}))
     return 0
 
 

@@ -22,7 +22,9 @@ class BenchOptions:
         "comma-separated; model runs without Ray (torch and diffusers only), the others start Ray; cpu (CPU work "
         "per image outside the model) runs without a model, torch or Ray; job (harmonize --engine baseline against "
         "a single-process loop, --job-rows rows) starts Ray; train (training samples/s per worker for stage 1 and "
-        "the refiner, at the smallest --resolution and the largest --batch-size) runs on request only",
+        "the refiner, at the smallest --resolution and the largest --batch-size) runs on request only; quality (the "
+        "embedded model on held-out composites unlike its training data, against the composite and the baseline) "
+        "runs on request, without Ray",
         "model,pipeline,adaptive,scaling")
     job_rows: int = opt("rows of 256x256 composites for the job section", 1200)
     cpu_megapixels: str = opt("image sizes of the cpu section, in megapixels", "1,4,12")
@@ -33,4 +35,8 @@ class BenchOptions:
     channels_last: bool = opt("model section: channels-last memory format for the models", False)
     compile: str | None = opt("model section: torch.compile the UNet; MODE: default, reduce-overhead, max-autotune, "
                               "max-autotune-no-cudagraphs (compile time is reported apart)", const="default")
+    quality_model: str | None = opt("quality section: the DiffHarmony checkpoint to score (default: the embedded model)")
+    quality_per_kind: int = opt("quality section: composites per perturbation kind and photograph", 2)
+    record: bool = opt("quality section: store its figures beside the embedded weights (quality.json), where the "
+                       "default engine is decided", False)
     out: str = opt("folder for bench.json and bench.md", "bench-results")

@@ -18,7 +18,8 @@ ADAPTIVE_PHOTO_SIZE = 1024
 CPU_SECTION = "cpu"  # runs on request only, without a model, torch or Ray
 JOB_SECTION = "job"  # on request: the baseline job against a single-process loop (about 2 minutes)
 TRAIN_SECTION = "train"  # on request only (keeps the default run short): training samples/s per worker
-ON_REQUEST = (CPU_SECTION, JOB_SECTION, TRAIN_SECTION)
+QUALITY_SECTION = "quality"  # on request: the embedded model on held-out composites unlike its training data
+ON_REQUEST = (CPU_SECTION, JOB_SECTION, TRAIN_SECTION, QUALITY_SECTION)
 # Sections planned but not written yet: asking for one is an error that says so.
 SECTIONS_NOT_YET: dict[str, str] = {}
 

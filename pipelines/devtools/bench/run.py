@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 from pipelines.devtools.bench.measure import (
-    ADAPTIVE_PHOTO_SIZE, CPU_SECTION, JOB_SECTION, ON_REQUEST, SECTIONS, SECTIONS_NOT_YET, TRAIN_SECTION, _f, machine,
+    ADAPTIVE_PHOTO_SIZE, CPU_SECTION, JOB_SECTION, ON_REQUEST, QUALITY_SECTION, SECTIONS, SECTIONS_NOT_YET, TRAIN_SECTION,
+    _f, machine,
 )
 from pipelines.devtools.bench.model import ModelOptions, _engine, bench_model
 from pipelines.devtools.bench.pipeline import (
@@ -41,10 +42,12 @@ from pipelines.devtools.bench.pipeline import (
 def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), device: str = "auto", images: int = 12,
               out: str = "bench-results", repeats: int = 2, steps: int = 5, dtype: str = "auto",
               sections=SECTIONS, argv: list[str] | None = None, options: ModelOptions = ModelOptions(),  # noqa: B008
-              cpu_megapixels=(1, 4, 12), job_rows: int = 1200, adaptive_size: int = ADAPTIVE_PHOTO_SIZE) -> dict:
+              cpu_megapixels=(1, 4, 12), job_rows: int = 1200, adaptive_size: int = ADAPTIVE_PHOTO_SIZE,
+              quality_model: str | None = None, quality_per_kind: int = 2, record: bool = False) -> dict:
     """`options` apply to the model section only: the other sections run the engine as the product does.
     `cpu_megapixels`: the cpu section's image sizes (it runs at least 3 repeats, whatever `repeats`).
-    `adaptive_size`: side of the adaptive section's square photos."""
+    `adaptive_size`: side of the adaptive section's square photos. `quality_model` (default: the embedded one),
+    `quality_per_kind`, `record`: the quality section's (record: store its figures beside the embedded weights)."""
     for name in sections:
         if name in SECTIONS_NOT_YET:
             raise ValueError(f"section {name}: {SECTIONS_NOT_YET[name]}")
@@ -78,6 +81,17 @@ def run_bench(arch: str = "tiny", resolutions=(512, 1024), batch_sizes=(1, 2), d
         side, batch = min(resolutions), max(batch_sizes)
         print(f"harmony bench: train section, {arch} at {side} px, batch {batch}", file=sys.stderr)
         results["train"] = bench_train(arch, side, batch, device, max(repeats, 2), steps)
+
+    if QUALITY_SECTION in sections:
+        from pipelines.devtools.bench.quality import bench_quality
+        from pipelines.devtools.bench.quality import record as record_quality
+
+        print("harmony bench: quality section", file=sys.stderr)
+        results["quality"] = bench_quality(quality_model, quality_per_kind, echo=lambda m: print(m, file=sys.stderr))
+        if record:
+            if quality_model is not None:
+                raise ValueError("--record stores the embedded model's figures: leave --quality-model unset")
+            print(f"harmony bench: recorded {record_quality(results['quality'])}", file=sys.stderr)
 
     (outdir / "bench.json").write_text(json.dumps(results, indent=2, default=str))
     md = to_markdown(results)
@@ -167,7 +181,7 @@ def to_markdown(r: dict) -> str:
                  f"Command: `{r['command']}` — {r['date']}, torch {m['versions'].get('torch')}, "
                  f"diffusers {m['versions'].get('diffusers')}, ray {m['versions'].get('ray')}", ""]
     else:
-        lines = [f"### CPU work per image on {m['processor']} ({m['cpus']} CPUs)", "",
+        lines = [f"### {'Quality' if 'quality' in r else 'CPU work per image'} on {m['processor']} ({m['cpus']} CPUs)", "",
                  f"Command: `{r['command']}` — {r['date']}, numpy {m['versions'].get('numpy')}, pillow {m['versions'].get('pillow')}", ""]
     if "model" in r:
         peak = r["model"][0].get("peak_tflops") if r["model"] else None
@@ -219,4 +233,8 @@ def to_markdown(r: dict) -> str:
         from pipelines.devtools.bench.train import train_markdown
 
         lines += train_markdown(r["train"])
+    if "quality" in r:
+        from pipelines.devtools.bench.quality import quality_markdown
+
+        lines += quality_markdown(r["quality"])
     return "\n".join(lines)

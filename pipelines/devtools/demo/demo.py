@@ -30,6 +30,7 @@ def build_demo_data(folder: Path, n: int, seed: int = 0) -> Path:
 
 def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = False, images: int = 8,
              engine: str | None = None, echo=print, catalog: bool = False) -> int:
+    from pipelines.config import ModelConfig
     from pipelines.jobs.harmonize.config import HarmonizeJobConfig
     from pipelines.jobs.harmonize.job import run_harmonize
 
@@ -44,20 +45,48 @@ def run_demo(output: str = "demo-output", model: str | None = None, s3: bool = F
     echo(f"demo: wrote {images} sample composites (scikit-image photographs, random foreground, Lab colour shift) "
           f"and {manifest}")
     common = _common(model, engine, echo)
-    if not s3:
-        cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
-        return run_harmonize(cfg, echo).exit_code
-    return _run_via_s3(out, manifest, common, echo)
+    if s3:
+        return _run_via_s3(out, manifest, common, echo)
+    cfg = HarmonizeJobConfig(manifest=str(manifest), output=str(out / "results"), **common)
+    code = run_harmonize(cfg, echo).exit_code
+    if code or model or engine:
+        return code
+    # Neither named: the other engine too, and the two side by side (what the default chose, and what it did not)
+    other = "diffharmony" if common["model"].engine == "baseline" else "baseline"
+    echo(f"demo: the same composites with engine {other}, for comparison")
+    second = HarmonizeJobConfig(manifest=str(manifest), output=str(out / f"results-{other}"),
+                                **{**common, "model": ModelConfig(engine=other)})
+    code = run_harmonize(second, echo).exit_code
+    return code or compare_engines(manifest, out, common["model"].engine, other, common["pools"], echo)
+
+
+def compare_engines(manifest: Path, out: Path, first: str, other: str, pools, echo=print) -> int:
+    """`harmony evaluate` of results/ with results-<other>/ as the compare method: one report with both engines'
+    images in each row's detail view and both figures in its tables; a two-line table on the terminal."""
+    from pipelines.jobs.evaluate.config import EvaluateJobConfig, EvaluatePools
+    from pipelines.jobs.evaluate.job import run_evaluate
+
+    cfg = EvaluateJobConfig(manifest=str(manifest), predictions=str(out / "results"),
+                            compare=str(out / f"results-{other}"), output=str(out / "comparison"),
+                            pools=EvaluatePools(evaluate=pools.decode), block_rows=2)
+    r = run_evaluate(cfg, echo=lambda *a, **k: None)  # its own table would repeat the one below
+    if r.exit_code:
+        return r.exit_code
+    ok = r.metrics[r.metrics["status"] == "ok"]
+    echo(f"demo: side by side ({len(ok)} composites, 256 px protocol; report {out / 'comparison' / 'report.html'})")
+    echo(f"  {'':24s} {'fMSE':>8s} {'PSNR':>7s}")
+    for label, prefix in (("composite (untouched)", "composite_"), (f"{first} (results/)", ""),
+                          (f"{other} (results-{other}/)", "compare_")):
+        echo(f"  {label:24s} {ok[prefix + 'fmse'].mean():8.1f} {ok[prefix + 'psnr'].mean():7.2f}")
+    return 0
 
 
 def _common(model: str | None, engine: str | None, echo) -> dict:
     """The demo's model and pool settings: small batches, CPU stages on half the machine's CPUs."""
-    from harmony_ops.defaults import model_label
     from pipelines.config import ModelConfig, PoolConfig, PoolsConfig
 
-    model_cfg = ModelConfig(model=model, engine=engine)
-    note = "" if model or engine == "baseline" else " (no --model given; pass --model DIR, or --engine baseline)"
-    echo(f"demo: {model_label(model_cfg.engine, model_cfg.model)}{note}")
+    model_cfg = ModelConfig(**{k: v for k, v in (("model", model), ("engine", engine)) if v is not None})
+    echo(f"demo: {model_cfg.label()}")
     cpus = os.cpu_count() or 2
     pools = PoolsConfig(
         decode=PoolConfig(num_cpus=0.25, num_gpus=0, batch_size=2, min_workers=1, max_workers=max(1, cpus // 2)),

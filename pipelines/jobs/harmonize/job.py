@@ -17,7 +17,6 @@ import sys
 import numpy as np
 import pandas as pd
 
-from harmony_ops.defaults import model_label
 from harmony_ops.fidelity import within_bound
 from pipelines.jobs.harmonize.config import HarmonizeJobConfig
 from pipelines.core.run import JobResult, JobRun
@@ -193,7 +192,7 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
     model = stages[1].pool
     echo(
         f"harmony harmonize: {len(rows) + len(carried)} rows ({len(todo)} to run, {len(carried)} already done, "
-        f"{len(settled)} invalid); {model_label(cfg.model.engine, cfg.model.model)} (id {model_id}), "
+        f"{len(settled)} invalid); {cfg.model.label()} (id {model_id}), "
         f"resolution {cfg.resolution.mode} at {cfg.resolution.class_sizes[0]}/{cfg.resolution.class_sizes[1]} px, "
         f"model pool {model.min_workers}-{model.max_workers} x {model.num_gpus:g} GPU, batch {model.batch_size}"
     )

@@ -127,7 +127,8 @@ def test_overlapping_runs_the_second_is_refused_and_the_first_completes(tmp_path
     assert f"{len(manifest)} rows ({len(manifest)} to run" in stdout  # the refused run left nothing to resume from
     metrics = pd.read_parquet(out / "metrics" / "metrics.parquet")
     assert len(metrics) == len(manifest) and (metrics["status"] == "ok").all()
-    assert sorted(p.name for p in out.iterdir()) == ["images", "metrics", "report.html", "summary.json"]  # no journal, no lease
+    assert sorted(p.name for p in out.iterdir()) == ["images", "metrics", "report.html", "report_files",
+                                                     "summary.json"]  # no journal, no lease
 
 
 def test_a_run_whose_lease_is_taken_over_stops_without_consolidating(tmp_path):

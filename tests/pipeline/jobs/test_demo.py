@@ -32,16 +32,27 @@ def test_demo_through_embedded_s3(ray_local, tmp_path, capsys):
     assert "engine baseline" in out and "embedded S3 endpoint" in out
 
 
-def test_demo_runs_the_embedded_diffharmony_model_by_default(ray_local, tmp_path, capsys):
-    from harmony_ops.defaults import EMBEDDED_MODEL_DIR
+def test_demo_runs_both_engines_side_by_side(ray_local, tmp_path, capsys):
+    from harmony_ops.defaults import EMBEDDED_MODEL_DIR, default_engine
 
     code = run_demo(output=str(tmp_path / "demo"), images=2)
     assert code == 0
+    first, other = default_engine(), {"baseline": "diffharmony", "diffharmony": "baseline"}[default_engine()]
     summary = json.loads((tmp_path / "demo" / "results" / "summary.json").read_text())
-    assert summary["counts"]["ok"] == 2
-    assert summary["config"]["model"]["engine"] == "diffharmony"
-    assert summary["config"]["model"]["model"] == str(EMBEDDED_MODEL_DIR)
+    assert summary["counts"]["ok"] == 2 and summary["config"]["model"]["engine"] == first
+    second = json.loads((tmp_path / "demo" / f"results-{other}" / "summary.json").read_text())
+    assert second["counts"]["ok"] == 2 and second["config"]["model"]["engine"] == other
+    model = summary if first == "diffharmony" else second
+    assert model["config"]["model"]["model"] == str(EMBEDDED_MODEL_DIR)
     # the model's declared inference sizes were adopted (stage 1 at 64 / 128 px, not 512 / 1024)
-    assert list(summary["config"]["resolution"]["class_sizes"]) == [64, 128]
+    assert list(model["config"]["resolution"]["class_sizes"]) == [64, 128]
+    # one report with both: each row's review images hold the other engine's output as the compare method
+    comparison = tmp_path / "demo" / "comparison"
+    import pandas as pd
+
+    m = pd.read_parquet(comparison / "metrics" / "metrics.parquet")
+    assert (m["status"] == "ok").all() and m["compare_fmse"].notna().all()
+    assert all("compare." in r for r in m["review"])
+    assert (comparison / "report.html").exists()
     out = capsys.readouterr().out
-    assert "engine diffharmony, embedded demo model" in out
+    assert "by default:" in out and "side by side" in out and f"{other} (results-{other}/)" in out

@@ -168,11 +168,22 @@ def test_baseline_engine_needs_no_model(inputs, tmp_path, capsys):
     assert gap_after < gap_before
 
 
-def test_no_model_runs_the_embedded_model_and_says_so(inputs, tmp_path, capsys):
+def test_no_model_runs_the_default_engine_and_says_why(inputs, tmp_path, capsys):
+    from harmony_ops.defaults import default_engine
+
     out = tmp_path / "default.png"
     assert main(["image", inputs["comp"], inputs["mask"], "-o", str(out), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "engine diffharmony, embedded demo model" in err
+    expect = "engine diffharmony, embedded demo model" if default_engine() == "diffharmony" else "engine baseline"
+    assert f"{expect}" in err and "by default:" in err and "harmony bench --sections quality" in err
+    assert_harmonized(inputs, out)
+
+
+def test_engine_diffharmony_runs_the_embedded_model(inputs, tmp_path, capsys):
+    out = tmp_path / "model.png"
+    assert main(["image", inputs["comp"], inputs["mask"], "-o", str(out), "--engine", "diffharmony"]) == 0
+    err = capsys.readouterr().err
+    assert "engine diffharmony, embedded demo model" in err and "by default" not in err
     assert_harmonized(inputs, out)
 
 

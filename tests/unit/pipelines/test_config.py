@@ -216,13 +216,15 @@ def test_several_errors_are_all_listed():
 # --- engine default ---------------------------------------------------------------------------
 
 
-def test_engine_defaults_to_the_embedded_model_without_model():
-    from harmony_ops.defaults import EMBEDDED_MODEL_DIR, is_embedded
+def test_engine_diffharmony_without_model_is_the_embedded_model_and_unset_follows_the_benchmark():
+    from harmony_ops.defaults import EMBEDDED_MODEL_DIR, default_engine, is_embedded
 
-    for flags in (dict(IMAGE_FLAGS), {**IMAGE_FLAGS, "model": {"engine": "diffharmony"}}):
-        cfg = build(ImageJobConfig, None, flags)
-        assert cfg.model.engine == "diffharmony"
-        assert cfg.model.model == str(EMBEDDED_MODEL_DIR) and is_embedded(cfg.model.model)
+    cfg = build(ImageJobConfig, None, {**IMAGE_FLAGS, "model": {"engine": "diffharmony"}})
+    assert cfg.model.engine == "diffharmony" and not cfg.model.by_default
+    assert cfg.model.model == str(EMBEDDED_MODEL_DIR) and is_embedded(cfg.model.model)
+    cfg = build(ImageJobConfig, None, dict(IMAGE_FLAGS))
+    assert cfg.model.engine == default_engine() and cfg.model.by_default  # harmony_ops/weights/demo/quality.json
+    assert build(ImageJobConfig, None, {**IMAGE_FLAGS, "model": {"model": "/ckpt"}}).model.engine == "diffharmony"
     assert not is_embedded("/ckpt") and not is_embedded("s3://b/harmony_ops/weights/demo")
 
 

@@ -25,6 +25,13 @@ def test_split_refuses_a_photo_or_a_view_of_the_same_scene_on_both_sides():
         check_split(["stereo_motorcycle_right"], ["stereo_motorcycle"])
 
 
+@pytest.mark.parametrize("name", ["china", "flower", "grace_hopper", "kiwi", "city"])
+def test_photographs_reserved_for_evaluation_are_never_trained_on(name):
+    with pytest.raises(ValueError, match=f"reserved for evaluation cannot be trained on: {name}"):
+        check_split(["astronaut", name], ["chelsea"])
+    check_split(["astronaut"], [name])  # evaluating on them is what they are for
+
+
 def test_random_crops_are_square_resized_and_seeded():
     img = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     a = random_crops(img, 5, 16, np.random.default_rng(3))
