@@ -29,6 +29,8 @@ def typed_columns(df: pd.DataFrame, columns: Iterable[str], *, ints: Iterable[st
             out[c] = pd.array(v.tolist(), dtype="Int64") if len(v) else pd.array([], dtype="Int64")
         elif c in floats:
             out[c] = pd.to_numeric(v, errors="coerce").astype("float64")
-        else:
+        elif len(v):
             out[c] = v.astype(object).where(v.notna(), None)
+        else:  # no rows: nothing says "text" but the dtype (an empty object column reads as untyped)
+            out[c] = pd.Series([], index=df.index, dtype="string[pyarrow]")
     return out

@@ -63,7 +63,8 @@ def row_problems(df: pd.DataFrame) -> pd.Series:
         bad_type = pd.Series([not (isinstance(v, str) or (not req and _isnull(v))) for v, req in zip(work[c], required)],
                              index=work.index)
         for i in work.index[bad_type]:
-            reasons[i] = _join(reasons[i], f"{c}: must be a string" + (" (required)" if required[i] else ""))
+            found = "null" if _isnull(work.at[i, c]) else type(work.at[i, c]).__name__
+            reasons[i] = _join(reasons[i], f"{c}: must be a string, not {found}" + (" (required)" if required[i] else ""))
         work.loc[bad_type, c] = "x" if c == "id" else None
     for i in work.index[layout == ""]:
         reasons[i] = _join(reasons[i], "needs composite and mask, or foreground, background, x and y")

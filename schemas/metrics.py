@@ -114,8 +114,9 @@ def arrow_schema_for(df: pd.DataFrame):
             fields.append(pa_.field(c, pa_.bool_()))
         elif c in STRING_COLUMNS or c in NULLABLE_STRING_COLUMNS or c in OPTIONAL_STRING_COLUMNS:
             fields.append(pa_.field(c, pa_.string()))
-        else:
-            fields.append(pa_.field(c, pa_.array(df[c].tolist(), from_pandas=True).type if len(df) else pa_.string()))
+        else:  # a pass-through column: its values' type; all null in this block (or no rows): text
+            t = pa_.array(df[c].tolist(), from_pandas=True).type if len(df) else pa_.null()
+            fields.append(pa_.field(c, pa_.string() if pa_.types.is_null(t) else t))
     return pa_.schema(fields)
 
 

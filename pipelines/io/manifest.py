@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from schemas.manifest import OPTIONAL, PLACEMENT, URI_COLUMNS, row_layouts, row_problems
+from schemas.manifest import OPTIONAL, PLACEMENT, REQUIRED, URI_COLUMNS, row_layouts, row_problems
 from schemas.vocabulary import ID_RULE, ErrorKind, Status, is_safe_name
 
 from pipelines.errors import ManifestError
@@ -53,7 +54,61 @@ def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
     for c in OPTIONAL + URI_COLUMNS + PLACEMENT:  # CSV has no nulls: an empty cell means "not given"
         if c in df.columns:
             df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, str) and v == "") else v)
-    return df.reset_index(drop=True)
+    return normalise_columns(df)
+
+
+# What a manifest row gives the jobs; every other column passes through to the metrics table.
+INPUT_COLUMNS = REQUIRED + URI_COLUMNS + OPTIONAL + PLACEMENT
+# Columns the jobs add on the way (besides the metrics table's and the regions'): a manifest column of one of
+# these names is carried under PASS_PREFIX + its name instead.
+TRANSIT = ("comp_bytes", "mask_bytes", "real_bytes", "result_rgb", "compare_prediction", "layout", "seed", "row",
+           "output", "review", "notes")
+PASS_PREFIX = "manifest."
+
+
+def reserved_columns() -> frozenset[str]:
+    """Every column name a job writes or carries between its stages (tests/unit/pipelines/io keeps it complete)."""
+    from harmony_ops.regions import REGION_COLUMNS
+    from schemas import synthesis
+    from schemas.metrics import COLUMNS, OPTIONAL_FLOAT_COLUMNS, OPTIONAL_STRING_COLUMNS
+
+    names = set(COLUMNS) | set(OPTIONAL_FLOAT_COLUMNS) | set(OPTIONAL_STRING_COLUMNS) | set(REGION_COLUMNS) | set(TRANSIT)
+    for k, v in vars(synthesis).items():
+        if k.endswith("COLUMNS") and isinstance(v, tuple):
+            names |= set(v)
+    return frozenset(names - set(INPUT_COLUMNS))
+
+
+def _scalar_kind(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else type(v) if isinstance(
+        v, (str, bool, int, float, np.integer, np.floating, np.bool_)) else object
+
+
+def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's columns as every job can carry them, decided once when read: an index that holds `id` (a
+    parquet file written from pandas with `id` as its index) becomes the column; a pass-through column named like
+    one the jobs write is renamed `manifest.<name>`; a pass-through column whose cells are not all one scalar type
+    (nested, mixed) is carried as JSON text."""
+    if "id" not in df.columns and "id" in [n for n in df.index.names if n]:
+        df = df.reset_index()
+    df = df.reset_index(drop=True)
+    reserved = reserved_columns()
+    renames = {}
+    for c in df.columns:
+        if c in reserved:
+            new = PASS_PREFIX + str(c)
+            while new in df.columns or new in renames.values():
+                new = PASS_PREFIX + new
+            renames[c] = new
+    df = df.rename(columns=renames)
+    for c in df.columns:
+        if c in INPUT_COLUMNS:
+            continue
+        kinds = {_scalar_kind(v) for v in df[c]} - {None}
+        if object in kinds or len(kinds) > 1:
+            df[c] = pd.Series([None if _scalar_kind(v) is None else v if isinstance(v, str)
+                               else json.dumps(v, default=str, sort_keys=True) for v in df[c]], index=df.index, dtype=object)
+    return df
 
 
 def manifest_dir(uri: str) -> str:
@@ -86,13 +141,20 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
                  allow: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
     """Validate, resolve URIs, refuse the ones outside the manifest's storage and the `allow` prefixes
     (pipelines/io/access.py), mark duplicates, assign seeds and output URIs; returns the job's row table."""
+    if df.empty:  # a manifest of no rows is an empty run, whatever its columns
+        df = pd.DataFrame({c: pd.Series([], dtype=object) for c in (*REQUIRED, "composite", "mask")}) \
+            .join(df.drop(columns=[c for c in (*REQUIRED, "composite", "mask") if c in df.columns]))
     reasons = row_problems(df)
     # Defence in depth: the id names the output object, so it must be one plain path segment.
     # (A `$`-anchored pattern alone lets a trailing newline through.)
-    unsafe = df["id"].map(lambda v: isinstance(v, str) and not is_safe_name(v))
+    unsafe = df["id"].map(lambda v: isinstance(v, str) and not is_safe_name(v)).astype(bool)
     for i in df.index[unsafe & (reasons == "")]:
         reasons[i] = ID_RULE
     out = df.copy()
+    # Text cells of another type (numbers, lists, ...) are their row's reason above; the table keeps strings only.
+    for c in (*URI_COLUMNS, "subset"):
+        if c in out.columns:
+            out[c] = out[c].map(lambda v: v if isinstance(v, str) else None).astype(object)
     out.insert(0, "row", range(len(out)))
     base = manifest_dir(manifest_uri)
     for c in URI_COLUMNS:

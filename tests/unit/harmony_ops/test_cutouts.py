@@ -117,7 +117,7 @@ def test_placement_cells_that_are_missing_negative_or_not_numbers_make_invalid_r
     assert "x: missing" in reasons["nox"] and "x: -4 is negative" in reasons["neg"]
     assert "x: 'left' is not a number" in reasons["text"] and "not a whole number" in reasons["frac"]
     assert "scale: 0 must be more than 0" in reasons["zero"]
-    assert "foreground: must be a string (required)" in reasons["nofg"]
+    assert "foreground: must be a string, not null (required)" in reasons["nofg"]
     assert "needs composite and mask, or foreground, background, x and y" in reasons["none"]
 
 

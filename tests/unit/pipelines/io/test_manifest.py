@@ -227,13 +227,13 @@ def test_non_string_id_among_strings_is_an_invalid_row():
 def test_non_string_required_cell_is_an_invalid_row():
     rows = prepare_rows(frame(["a", "b"], mask=["m.png", None]), "/d/m.csv", "/out", "png", 0)
     assert list(rows["status"]) == ["pending", "invalid"]
-    assert "mask: must be a string (required)" in rows.loc[1, "error_message"]
+    assert "mask: must be a string, not null (required)" in rows.loc[1, "error_message"]
 
 
 def test_non_string_optional_cell_is_an_invalid_row():
     rows = prepare_rows(frame(["a", "b"], real=["r.jpg", 3]), "/d/m.csv", "/out", "png", 0)
     assert list(rows["status"]) == ["pending", "invalid"]
-    assert "real: must be a string" in rows.loc[1, "error_message"]
+    assert "real: must be a string, not int" in rows.loc[1, "error_message"]
 
 
 def test_all_integer_ids_are_invalid_rows_not_a_crash(tmp_path):

@@ -1,0 +1,64 @@
+"""Manifests a careless or hostile user writes, through the `harmony` command as the README shows it (relative
+paths): every row leaves exactly one metrics row, nothing crashes (issue 29, classes 1-3)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.cli.main import main as cli_main
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture()
+def folder(tmp_path, monkeypatch):
+    Image.fromarray(np.full((24, 32, 3), 120, np.uint8)).save(tmp_path / "c.png")
+    m = np.zeros((24, 32), np.uint8)
+    m[6:18, 8:24] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_wrong_types_colliding_and_nested_columns_one_metrics_row_each(ray_local, folder, capsys):
+    records = [{"id": "good", "composite": "c.png", "mask": "m.png", "width": 7, "status": "draft", "psnr": "n/a",
+                "meta": {"sku": "B-1", "tags": ["blue"]}},
+               {"id": "num", "composite": 5, "mask": "m.png", "width": "wide", "meta": [1]},
+               {"id": "list", "composite": ["c.png"], "mask": "m.png", "meta": "plain text"},
+               {"id": "flag", "composite": "c.png", "mask": True},
+               {"id": 17, "composite": "c.png", "mask": "m.png"}]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli_main(["harmonize", "--manifest", "manifest.jsonl", "--output", "out", "--engine", "baseline"]) == 0
+    m = pd.read_parquet(folder / "out" / "metrics" / "metrics.parquet")
+    assert list(m["row"]) == list(range(len(records)))
+    assert list(m["status"]) == ["ok", "invalid", "invalid", "invalid", "invalid"]
+    assert "composite: must be a string, not int" in m.loc[1, "error_message"]
+    assert "mask: must be a string, not bool" in m.loc[3, "error_message"]
+    assert m.loc[0, "width"] == 32 and m["manifest.width"].tolist()[:2] == ["7", "wide"]  # carried, renamed, as text
+    assert m.loc[0, "manifest.status"] == "draft" and json.loads(m.loc[0, "meta"]) == {"sku": "B-1", "tags": ["blue"]}
+    assert capsys.readouterr().out  # the summary lines, no traceback
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_empty_manifest_is_a_successful_empty_run(ray_local, folder, fmt):
+    (folder / f"manifest.{fmt}").write_text("id,composite,mask\n" if fmt == "csv" else "")
+    assert cli_main(["harmonize", "--manifest", f"manifest.{fmt}", "--output", "out", "--engine", "baseline"]) == 0
+    assert len(pd.read_parquet(folder / "out" / "metrics" / "metrics.parquet")) == 0
+    assert json.loads((folder / "out" / "summary.json").read_text())["rows"] == 0
+
+
+def test_evaluate_with_cells_of_the_wrong_type(ray_local, folder):
+    (folder / "preds").mkdir()
+    Image.open(folder / "c.png").save(folder / "preds" / "good.png")
+    records = [{"id": "good", "composite": "c.png", "mask": "m.png", "real": "c.png"},
+               {"id": "bad", "composite": "c.png", "mask": "m.png", "real": 3, "row": "mine"}]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli_main(["evaluate", "--manifest", "manifest.jsonl", "--predictions", "preds", "--output", "ev"]) == 0
+    m = pd.read_parquet(folder / "ev" / "metrics" / "metrics.parquet")
+    assert list(m["status"]) == ["ok", "invalid"] and "real: must be a string, not int" in m.loc[1, "error_message"]
+    assert m["manifest.row"].isna().tolist() == [True, False] and m.loc[1, "manifest.row"] == "mine"
