@@ -24,7 +24,11 @@ from pipelines.errors import ConfigError
 def absolute_location(v: str | None) -> str | None:
     """A local path made absolute where the user typed it (the driver's folder): Ray workers run in
     folders of their own, where a relative path names nothing. URIs and the refiner's words pass."""
-    if not v or "://" in v or v in ("auto", "none"):
+    if v and "://" in v:
+        from pipelines.io.storage import normalise_uri
+
+        return normalise_uri(v)
+    if not v or v in ("auto", "none"):
         return v
     return os.path.abspath(os.path.expanduser(v))
 

@@ -20,7 +20,7 @@ from schemas.vocabulary import ID_RULE, ErrorKind, Status, is_safe_name
 
 from pipelines.errors import ManifestError
 from pipelines.io.access import AccessPolicy
-from pipelines.io.storage import arrow_filesystem, filesystem, is_uri, join
+from pipelines.io.storage import arrow_filesystem, is_uri, join, normalise_uri, read_bytes
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
@@ -33,14 +33,14 @@ def manifest_format(uri: str) -> str:
 
 
 def read_manifest(uri: str, options: dict | None = None) -> pd.DataFrame:
+    uri = normalise_uri(uri)
     fmt = manifest_format(uri)
     try:
         if fmt == "parquet":
             fs, path = arrow_filesystem(uri, options)
             df = pq.read_table(path, filesystem=fs).to_pandas()
         else:
-            fs, path = filesystem(uri, options)
-            data = fs.cat_file(path)
+            data = read_bytes(uri, options)
             if fmt == "csv":
                 df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
             else:
@@ -116,8 +116,11 @@ def manifest_dir(uri: str) -> str:
 
 
 def resolve_uri(base: str, value):
-    """Relative paths resolve against the manifest's folder; URIs and absolute paths stay."""
-    if not isinstance(value, str) or not value or "://" in value or value.startswith("/"):
+    """Relative paths resolve against the manifest's folder; URIs (their scheme in lower case) and absolute paths
+    stay."""
+    if isinstance(value, str) and "://" in value:
+        return normalise_uri(value)
+    if not isinstance(value, str) or not value or value.startswith("/"):
         return value
     return join(base, value)
 

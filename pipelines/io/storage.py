@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -39,8 +40,18 @@ def is_uri(v) -> bool:
     return isinstance(v, str) and bool(v.strip())
 
 
+def normalise_uri(uri):
+    """A URI's scheme in lower case (`S3://b/k` is `s3://b/k`, as the access policy reads it): the one place
+    schemes are normalised, so that what the policy allowed is what the client opens. Other values pass."""
+    if isinstance(uri, str) and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        if scheme and scheme != scheme.lower() and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+            return f"{scheme.lower()}://{rest}"
+    return uri
+
+
 def protocol_of(uri: str) -> str:
-    return fsspec.core.split_protocol(uri)[0] or "file"
+    return fsspec.core.split_protocol(normalise_uri(uri))[0] or "file"
 
 
 def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -66,6 +77,7 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
     more than a small GET), but s3fs listings are never cached, so existence checks and
     resume see objects written since.
     """
+    uri = normalise_uri(uri)
     opts = fsspec_options(uri, options)
     if protocol_of(uri) in ("s3", "s3a"):
         opts.setdefault("use_listings_cache", False)
@@ -99,14 +111,39 @@ def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[p
 
 
 def join(base: str, *parts: str) -> str:
+    base = normalise_uri(base)
     if "://" in base:
         proto, rest = base.split("://", 1)
         return f"{proto}://{posixpath.join(rest, *parts)}"
     return os.path.join(base, *parts)
 
 
+class NotARegularFile(OSError):
+    """A local path that names a pipe, socket or device: reading it could block for ever. Not transient."""
+
+
+def _read_local(path: str) -> bytes:
+    # Opened without blocking (a named pipe with no writer would wait for one), then checked before reading.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{path} is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(f"{path} is not a regular file (a pipe, socket or device): not read")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
+    """Only regular files: a local pipe or device is refused (NotARegularFile), never read."""
     fs, path = filesystem(uri, options)
+    if protocol_of(uri) == "file":
+        return _read_local(path)
     return fs.cat_file(path)
 
 
@@ -151,7 +188,7 @@ def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 
     for attempt in range(retries + 1):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotARegularFile):
             raise
         except Exception as exc:  # noqa: BLE001 - storage clients raise many transient types
             if attempt == retries:

@@ -63,18 +63,27 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
                 checks.append((int(r["row"]), str(r["id"]), r[col]))
 
     def exists(uri: str) -> bool | str:
-        fs, path = filesystem(uri, storage_options)
+        """True, False (missing), or the problem the jobs would fail the row with: one object's error is its row's
+        finding, never the end of the check."""
         try:
-            return fs.exists(path)
+            fs, path = filesystem(uri, storage_options)
+            info = fs.info(path)
+        except FileNotFoundError:
+            return False
         except RedirectRefused as exc:  # an HTTP(S) source that redirects: the jobs would fail the row
-            return str(exc)
+            return f"{ErrorKind.URI_NOT_ALLOWED}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a store's answer about one object
+            return f"{ErrorKind.STORAGE_ERROR}: {uri}: {type(exc).__name__}: {exc}"
+        kind = info.get("type")
+        if kind not in ("file", None):  # a folder, a pipe or a device: nothing the jobs would read
+            return f"{ErrorKind.STORAGE_ERROR}: {uri} is not a regular file ({kind})"
+        return True
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         found = list(pool.map(lambda c: exists(c[2]), checks))
     report.checked_objects = len(checks)
     report.missing = [c for c, ok in zip(checks, found) if ok is False]
-    report.invalid += [(row, rid, f"{ErrorKind.URI_NOT_ALLOWED}: {why}") for (row, rid, _), why in zip(checks, found)
-                       if isinstance(why, str)]
+    report.invalid += [(row, rid, why) for (row, rid, _), why in zip(checks, found) if isinstance(why, str)]
     return report
 
 

@@ -62,3 +62,18 @@ def test_evaluate_with_cells_of_the_wrong_type(ray_local, folder):
     m = pd.read_parquet(folder / "ev" / "metrics" / "metrics.parquet")
     assert list(m["status"]) == ["ok", "invalid"] and "real: must be a string, not int" in m.loc[1, "error_message"]
     assert m["manifest.row"].isna().tolist() == [True, False] and m.loc[1, "manifest.row"] == "mine"
+
+
+def test_a_named_pipe_fails_its_row_and_the_job_goes_on(ray_local, folder):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "manifest.csv").write_text("id,composite,mask\ngood,c.png,m.png\npipe,pipe.png,m.png\n"
+                                         "upper,FILE://" + str(folder) + "/c.png,m.png\n")
+    assert cli_main(["harmonize", "--manifest", "manifest.csv", "--output", "out", "--engine", "baseline"]) == 0
+    m = pd.read_parquet(folder / "out" / "metrics" / "metrics.parquet").set_index("id")
+    assert m.loc["good", "status"] == "ok" and m.loc["upper", "status"] == "ok"
+    assert m.loc["pipe", "status"] == "failed" and m.loc["pipe", "error_type"] == "storage_error"
+    assert "not a regular file" in m.loc["pipe", "error_message"]
