@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,7 +16,7 @@ from pipelines.io.manifest import prepare_rows, read_manifest
 from pipelines.io.row_inputs import INPUT_COLUMNS
 from schemas.manifest import URI_COLUMNS
 from schemas.vocabulary import ErrorKind, Status
-from pipelines.io.storage import filesystem, is_uri, join
+from pipelines.io.storage import filesystem, is_uri, join, protocol_of
 
 SHOW = 20
 
@@ -67,16 +69,17 @@ def run_validate(manifest: str, storage_options: dict | None = None, check_objec
         finding, never the end of the check."""
         try:
             fs, path = filesystem(uri, storage_options)
-            info = fs.info(path)
+            if protocol_of(uri) != "file":
+                return fs.exists(path)
+            mode = os.stat(path).st_mode
         except FileNotFoundError:
             return False
         except RedirectRefused as exc:  # an HTTP(S) source that redirects: the jobs would fail the row
             return f"{ErrorKind.URI_NOT_ALLOWED}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a store's answer about one object
             return f"{ErrorKind.STORAGE_ERROR}: {uri}: {type(exc).__name__}: {exc}"
-        kind = info.get("type")
-        if kind not in ("file", None):  # a folder, a pipe or a device: nothing the jobs would read
-            return f"{ErrorKind.STORAGE_ERROR}: {uri} is not a regular file ({kind})"
+        if not stat.S_ISREG(mode):  # a folder, a pipe or a device: nothing the jobs would read
+            return f"{ErrorKind.STORAGE_ERROR}: {uri} is not a regular file"
         return True
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -69,11 +69,12 @@ def test_validate_reports_a_pipe_and_a_store_error_as_rows_and_goes_on(tmp_path,
     (tmp_path / "m.csv").write_text("id,composite,mask\nok,c.png,c.png\npipe,pipe.png,c.png\nboom,boom.png,c.png\n")
     real_filesystem = job.filesystem
 
-    class Exploding:
-        def info(self, path):
+    def exploding(uri, opts):
+        if "boom" in uri:
             raise OSError("400 Bad Request")
+        return real_filesystem(uri, opts)
 
-    monkeypatch.setattr(job, "filesystem", lambda uri, opts: (Exploding(), uri) if "boom" in uri else real_filesystem(uri, opts))
+    monkeypatch.setattr(job, "filesystem", exploding)
     report = job.run_validate(str(tmp_path / "m.csv"))
     problems = {rid: why for _, rid, why in report.invalid}
     assert set(problems) == {"pipe", "boom"} and not report.missing and not report.ok
