@@ -303,6 +303,13 @@ class FetchSettings(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for every client")
     retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
+    read_deadline_seconds: float = Field(300.0, gt=0, description="a row's reads, every attempt and retry together")
+
+    def until(self) -> float:
+        """The deadline of a row's reads starting now (`time.monotonic()` instant)."""
+        import time
+
+        return time.monotonic() + self.read_deadline_seconds
 
 
 class StorageOptions(Strict):
@@ -317,11 +324,16 @@ class JobConfig(StorageOptions):
     @property
     def fetch(self) -> FetchSettings:
         """What the job's reading stages are given (not the whole job configuration)."""
-        return FetchSettings(storage_options=self.storage_options, retries=self.retries, max_pixels=self.max_pixels)
+        return FetchSettings(storage_options=self.storage_options, retries=self.retries, max_pixels=self.max_pixels,
+                             read_deadline_seconds=self.read_deadline_seconds)
 
     limit: int | None = Field(None, ge=1, description="only the first N manifest rows")
     max_pixels: int = Field(64_000_000, gt=0, description="refuse images with more pixels (decompression bombs)")
     retries: int = Field(3, ge=0, le=10, description="storage retries with exponential backoff before a row fails")
+    read_deadline_seconds: float = Field(
+        300.0, gt=0, description="a row's reads (every attempt and retry together) stop after this many seconds: the "
+        "row fails storage_error and the job goes on; one request waits at most read_timeout (storage option, 30 s "
+        "on S3) between bytes")
     max_worker_crashes: int = Field(
         2, ge=1, le=20, description="worker deaths (native crash, OOM kill) on one batch before it is split; a row that "
         "still kills its worker this often is failed with worker_crashed"

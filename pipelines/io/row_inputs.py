@@ -17,11 +17,11 @@ INPUT_COLUMNS = ("composite", "mask", "real", "layout", "foreground", "backgroun
 def fetch_inputs(row, fetch: FetchSettings) -> tuple[bytes, bytes, bytes | None]:
     """The row's encoded files: (composite, mask, real) or, for a cutout row, (foreground, background, real).
     Raises what the storage raises (the caller classifies it)."""
-    opts, retries = fetch.storage_options, fetch.retries
+    opts, retries, until = fetch.storage_options, fetch.retries, fetch.until()  # one deadline for the row's reads
     cutout = row["layout"] == "cutout"
-    first = read_with_retries(row["foreground" if cutout else "composite"], opts, retries)
-    second = read_with_retries(row["background" if cutout else "mask"], opts, retries)
-    real = read_with_retries(row["real"], opts, retries) if is_uri(row["real"]) else None
+    first = read_with_retries(row["foreground" if cutout else "composite"], opts, retries, until)
+    second = read_with_retries(row["background" if cutout else "mask"], opts, retries, until)
+    real = read_with_retries(row["real"], opts, retries, until) if is_uri(row["real"]) else None
     return first, second, real
 
 

@@ -8,6 +8,7 @@ them, and never follow redirects (harmony_ops/remote.py).
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import stat
@@ -20,6 +21,9 @@ import pyarrow.fs as pafs
 
 from harmony_ops.remote import http_options, is_http
 
+# Per request to S3 (botocore): seconds to connect and between received bytes, one attempt. Storage options
+# `read_timeout=` / `connect_timeout=` (or `config_kwargs`) override them.
+S3_CLIENT_CONFIG = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 1}}
 SECRET_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "password"}
 
 
@@ -60,6 +64,7 @@ def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
         # credentials among them) to an HTTP host. See harmony_ops/remote.py.
         return http_options()
     opts = dict(options or {})
+    timeouts = {k: opts.pop(k) for k in ("read_timeout", "connect_timeout") if k in opts}
     if protocol_of(uri) in ("s3", "s3a"):
         endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
@@ -67,6 +72,10 @@ def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
         region = opts.pop("region_name", None) or opts.pop("region", None)
         if region:
             opts.setdefault("client_kwargs", {})["region_name"] = region
+        # One bounded attempt per request at botocore's level: the project's `retry` is the only layer that
+        # retries (s3fs's own is set to one attempt in `filesystem`), so retries never multiply.
+        # (a copy: botocore rewrites the nested `retries` dict it is given)
+        opts["config_kwargs"] = {**copy.deepcopy(S3_CLIENT_CONFIG), **timeouts, **copy.deepcopy(opts.get("config_kwargs") or {})}
     return opts
 
 
@@ -79,9 +88,13 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
     """
     uri = normalise_uri(uri)
     opts = fsspec_options(uri, options)
-    if protocol_of(uri) in ("s3", "s3a"):
+    s3 = protocol_of(uri) in ("s3", "s3a")
+    if s3:
         opts.setdefault("use_listings_cache", False)
-    return fsspec.core.url_to_fs(uri, **opts)
+    fs, path = fsspec.core.url_to_fs(uri, **opts)
+    if s3:
+        fs.retries = 1  # s3fs retries some errors itself, up to 5 times with backoff: `retry` does it once
+    return fs, path
 
 
 def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
@@ -103,6 +116,8 @@ def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[p
             kwargs["anonymous"] = True
         region = (opts.get("client_kwargs") or {}).get("region_name") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         kwargs["region"] = region
+        cfg = opts.get("config_kwargs") or {}  # the same bound per request as the fsspec client's
+        kwargs["request_timeout"], kwargs["connect_timeout"] = float(cfg["read_timeout"]), float(cfg["connect_timeout"])
         return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]
     fs, path = filesystem(uri, options)
     if protocol_of(uri) == "file":
@@ -176,10 +191,12 @@ def redact(options: dict[str, Any] | None) -> dict[str, Any]:
     return {k: clean(k, v) for k, v in (options or {}).items()}
 
 
-def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 0.2):
+def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 0.2, until: float | None = None):
     """Call fn, retrying transient failures with exponential backoff and jitter.
 
-    A missing object or a permission error is an answer, not a transient fault: raised at once.
+    A missing object or a permission error is an answer, not a transient fault: raised at once. `until` (a
+    `time.monotonic()` instant): the overall deadline; each attempt runs at most until then (in a thread of its
+    own, abandoned if it does not answer), and no retry starts after it. Past it: TimeoutError.
     """
     import logging
     import random
@@ -187,20 +204,50 @@ def retry(fn, retries: int = 3, what: str = "storage call", base_delay: float = 
 
     for attempt in range(retries + 1):
         try:
-            return fn()
+            return fn() if until is None else _within(fn, until, what)
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotARegularFile):
             raise
         except Exception as exc:  # noqa: BLE001 - storage clients raise many transient types
             if attempt == retries:
                 raise
             delay = base_delay * (2**attempt) * (1 + random.random())
+            if until is not None and time.monotonic() + delay >= until:
+                raise TimeoutError(f"{what}: gave up at the row's read deadline after {attempt + 1} attempt(s); "
+                                   f"last: {type(exc).__name__}: {exc}") from exc
             logging.getLogger(__name__).warning("%s failed (%s: %s); retry %d/%d in %.1fs",
                                                 what, type(exc).__name__, exc, attempt + 1, retries, delay)
             time.sleep(delay)
 
 
-def read_with_retries(uri: str, options: dict[str, Any] | None, retries: int) -> bytes:
-    return retry(lambda: read_bytes(uri, options), retries, f"read {uri}")
+def _within(fn, until: float, what: str):
+    """fn() if it answers before `until`, else TimeoutError; a call that does not answer is left to finish in a
+    daemon thread (a blocked socket read cannot be interrupted from Python), never waited for."""
+    import threading
+    import time
+
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{what}: the row's read deadline passed before this attempt")
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="storage-read", daemon=True)
+    t.start()
+    t.join(left)
+    if t.is_alive():
+        raise TimeoutError(f"{what}: no answer within {left:.0f} s (the row's read deadline)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def read_with_retries(uri: str, options: dict[str, Any] | None, retries: int, until: float | None = None) -> bytes:
+    return retry(lambda: read_bytes(uri, options), retries, f"read {uri}", until=until)
 
 
 def write_with_retries(uri: str, data: bytes, options: dict[str, Any] | None, retries: int) -> None:

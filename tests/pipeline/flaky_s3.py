@@ -5,7 +5,8 @@ requests (whatever their method: a client may HEAD before it GETs), k drawn from
 for about 1 - fraction of the paths, else 1 to `max_failures`), answering 503 SlowDown or 500
 InternalError as a real S3 does under load. Reads (GET/HEAD) and writes (PUT) of one path count
 separately.
-Paths containing one of `always_fail` fail every time. Everything else is forwarded unchanged.
+Paths containing one of `always_fail` fail every time; GETs of paths containing one of `slow` answer after
+`delay_s`. Everything else is forwarded unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +35,8 @@ class Faults:
     select: tuple[str, ...] = ()  # substrings of the path that faults apply to (empty: all)
     always_fail: tuple[str, ...] = ()  # substrings of the path that fail every request
     methods: tuple[str, ...] = ("GET", "PUT", "HEAD", "POST", "DELETE")
+    slow: tuple[str, ...] = ()  # substrings of the path whose GETs answer only after `delay_s`
+    delay_s: float = 0.0
     attempts: Counter = field(default_factory=Counter)  # (read|write, path) -> requests seen
     injected: Counter = field(default_factory=Counter)  # method -> errors answered
     forwarded: Counter = field(default_factory=Counter)  # method -> requests forwarded
@@ -93,6 +97,8 @@ class FlakyS3Proxy:
             def _handle(self):
                 body = self._body()
                 path = self.path
+                if self.command == "GET" and any(x in path for x in proxy.faults.slow):
+                    time.sleep(proxy.faults.delay_s)  # a store that answers late (still within a socket's patience)
                 status = proxy.faults.decide(self.command, urlsplit(path).path)
                 if status is not None:
                     with proxy.faults.lock:

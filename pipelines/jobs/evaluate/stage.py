@@ -122,16 +122,17 @@ class EvaluateStage(Stage):
         cfg, opts = self.fetch, self.fetch.storage_options
         t = time.perf_counter()
         row = batch.loc[i]
+        until = cfg.until()  # one deadline for the row's reads
         try:
-            comp = read_with_retries(row["composite"], opts, cfg.retries)
-            mask = read_with_retries(row["mask"], opts, cfg.retries)
+            comp = read_with_retries(row["composite"], opts, cfg.retries, until)
+            mask = read_with_retries(row["mask"], opts, cfg.retries, until)
             # A row without ground truth is scored with the no-reference (and fidelity) metrics only.
-            real = read_with_retries(row["real"], opts, cfg.retries) if is_uri(row["real"]) else None
+            real = read_with_retries(row["real"], opts, cfg.retries, until) if is_uri(row["real"]) else None
         except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
             fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
             return None
         try:
-            pred_bytes = read_with_retries(row["output"], opts, cfg.retries)
+            pred_bytes = read_with_retries(row["output"], opts, cfg.retries, until)
         except FileNotFoundError:
             fail_row(batch, i, ErrorKind.MISSING_PREDICTION, f"prediction {row['output']} disappeared after it was listed")
             return None
@@ -179,7 +180,7 @@ class EvaluateStage(Stage):
             notes.append("compare_missing_prediction")
             return {}, None, None
         try:
-            data = read_with_retries(uri, self.fetch.storage_options, self.fetch.retries)
+            data = read_with_retries(uri, self.fetch.storage_options, self.fetch.retries, self.fetch.until())
             other, other_notes = decode_prediction(data, self.fetch.max_pixels, what="compare")
         except FileNotFoundError:
             notes.append("compare_missing_prediction")

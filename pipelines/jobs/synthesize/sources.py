@@ -104,9 +104,10 @@ def load_source(rec: dict, cfg: SynthesizeJobConfig) -> Source:
     """Fetch (with retries) and decode with the harmonize job's guards. Raises the storage client's
     exceptions or ImageError(kind, message)."""
     base = manifest_dir(cfg.manifest)
-    real_bytes = read_with_retries(resolve_uri(base, rec["real"]), cfg.storage_options, cfg.retries)
+    until = cfg.fetch.until()  # one deadline for the row's reads
+    real_bytes = read_with_retries(resolve_uri(base, rec["real"]), cfg.storage_options, cfg.retries, until)
     if cfg.mask_source == "given":
-        mask_bytes = read_with_retries(resolve_uri(base, rec["mask"]), cfg.storage_options, cfg.retries)
+        mask_bytes = read_with_retries(resolve_uri(base, rec["mask"]), cfg.storage_options, cfg.retries, until)
         try:
             # The real image plays the composite: same decoding, orientation and mask checks.
             sample = load_sample(real_bytes, mask_bytes, max_pixels=cfg.max_pixels)

@@ -49,7 +49,8 @@ class TrainDecodeStage(Stage):
         for i in batch.index[pending(batch)]:
             row = batch.loc[i]
             try:
-                raw = [read_with_retries(row[c], opts, retries) for c in ("composite", "mask", "real")]
+                until = self.fetch.until()  # one deadline for the row's reads
+                raw = [read_with_retries(row[c], opts, retries, until) for c in ("composite", "mask", "real")]
             except Exception as exc:  # noqa: BLE001 - any storage failure is this row's failure
                 fail_with(batch, i, exc, ErrorKind.STORAGE_ERROR)
                 continue
@@ -60,7 +61,7 @@ class TrainDecodeStage(Stage):
                 if self.cached:
                     # The stage-1 output was made from the plain resize: resize first, then crop/flip all four alike.
                     comp, mask, real = augment(s.composite, s.mask, s.real, side, rng, flip=False, crop=False)
-                    harm = np.asarray(decode_image(read_with_retries(row["harmonized"], opts, retries), "harmonized")[0])
+                    harm = np.asarray(decode_image(read_with_retries(row["harmonized"], opts, retries, until), "harmonized")[0])
                     if harm.shape != comp.shape:
                         raise ValueError(f"cached stage-1 output is {harm.shape[1]}x{harm.shape[0]}, not {side}x{side}")
                     (comp, real, harm), mask = augment_many([comp, real, harm], mask, side, rng, flip=flip, crop=crop)

@@ -289,6 +289,32 @@ def test_flaky_object_storage_retries_then_fails_only_the_broken_row(ray_local, 
     assert took < 120
 
 
+def test_an_object_store_that_answers_late_fails_its_row_by_the_deadline_and_the_job_goes_on(ray_local, s3_bucket):
+    """A GET answering after 20 s used to stack s3fs's, botocore's and the job's retries (about 35 minutes an
+    attempt); now one request waits at most read_timeout, retries are the job's alone, and the row's reads stop
+    at read_deadline_seconds."""
+    bucket, opts = s3_bucket
+    manifest = s3_dataset(bucket, opts, good=3)
+    name = bucket.split("://", 1)[1]
+    faults = Faults(slow=(f"/{name}/data/comp/1.png",), delay_s=20.0)
+    with FlakyS3Proxy(opts["endpoint_url"], faults) as proxy:
+        slow = {"endpoint_url": proxy.endpoint, "key": "testing-key-id", "secret": "testing-secret-value",
+                "read_timeout": 2}
+        cfg = HarmonizeJobConfig(manifest=f"{bucket}/data/manifest.parquet", output=f"{bucket}/out",
+                                 model=ModelConfig(engine="baseline"), pools=pools(4), block_rows=4,
+                                 storage_options=slow, retries=3, read_deadline_seconds=8)
+        t = time.time()
+        result = run_harmonize(cfg, echo=quiet)
+        took = time.time() - t
+    m = result.metrics.set_index("id")
+    assert result.exit_code == 0 and len(m) == len(manifest)
+    assert m.loc["img1", "status"] == "failed" and m.loc["img1", "error_type"] == "storage_error"
+    assert "deadline" in m.loc["img1", "error_message"] or "timed out" in m.loc["img1", "error_message"].lower()
+    good = m.drop(index=[i for i in m.index if i in ("img1", "doomed")])
+    assert (good["status"] == "ok").all(), good[["status", "error_message"]].to_dict("index")
+    assert took < 90  # the deadline, not 20 s x retries x layers
+
+
 # ---------------------------------------------------------------------------------------------
 # a broken checkpoint: the job refuses to start, naming the part (before Ray or any write)
 

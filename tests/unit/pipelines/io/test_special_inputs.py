@@ -80,3 +80,31 @@ def test_validate_reports_a_pipe_and_a_store_error_as_rows_and_goes_on(tmp_path,
     assert set(problems) == {"pipe", "boom"} and not report.missing and not report.ok
     assert "not a regular file" in problems["pipe"] and "storage_error" in problems["pipe"]
     assert "storage_error" in problems["boom"] and "400 Bad Request" in problems["boom"]
+
+
+def test_a_read_that_does_not_answer_stops_at_the_deadline():
+    from pipelines.io.storage import retry
+
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match="read deadline"):
+        retry(lambda: time.sleep(30), retries=5, what="read s3://b/slow.png", until=time.monotonic() + 0.5)
+    assert time.monotonic() - t < 2
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        raise ConnectionError("reset")
+
+    with pytest.raises(TimeoutError, match="gave up at the row's read deadline after"):
+        retry(flaky, retries=10, base_delay=0.3, until=time.monotonic() + 1.0)
+    assert 1 <= len(calls) < 10  # no retry starts past the deadline
+
+
+def test_s3_clients_make_one_bounded_attempt_per_request_and_options_override_it():
+    from pipelines.io.storage import S3_CLIENT_CONFIG, fsspec_options
+
+    cfg = fsspec_options("s3://b/k", {"endpoint_url": "http://127.0.0.1:9"})["config_kwargs"]
+    assert cfg == S3_CLIENT_CONFIG and cfg["retries"] == {"max_attempts": 1}
+    cfg = fsspec_options("s3://b/k", {"read_timeout": 5, "config_kwargs": {"connect_timeout": 1}})["config_kwargs"]
+    assert cfg["read_timeout"] == 5 and cfg["connect_timeout"] == 1
+    assert "config_kwargs" not in fsspec_options("/local/path", {"read_timeout": 5})
