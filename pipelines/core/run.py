@@ -28,6 +28,7 @@ from pipelines.core.crashes import CrashLedger
 from pipelines.core.stage import Stage
 from pipelines.errors import JobError, LeaseLost
 from pipelines.io import lease as leases
+from pipelines.io.outputs import output_problem
 from pipelines.io.storage import filesystem, join, redact, write_bytes_atomic
 from pipelines.io.tables import JOURNAL, METRICS_FILE, SUMMARY_FILE, journal_dataset, remove_tree, write_table_atomic
 
@@ -70,6 +71,9 @@ class JobRun:
             self.lease.check()
             return
         command = self.command
+        problem = output_problem(self.cfg.output, self.opts)
+        if problem:
+            raise JobError(f"--output: {problem}")
         main = threading.current_thread() is threading.main_thread()
         on_lost = _interrupt_main if main else None  # stop the stream now, not at the next claim
         self.lease = leases.acquire(self.cfg.output, self.opts, ttl=self.cfg.lease_ttl_seconds, force=self.cfg.force,

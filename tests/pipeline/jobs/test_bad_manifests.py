@@ -77,3 +77,14 @@ def test_a_named_pipe_fails_its_row_and_the_job_goes_on(ray_local, folder):
     assert m.loc["good", "status"] == "ok" and m.loc["upper", "status"] == "ok"
     assert m.loc["pipe", "status"] == "failed" and m.loc["pipe", "error_type"] == "storage_error"
     assert "not a regular file" in m.loc["pipe", "error_message"]
+
+
+@pytest.mark.parametrize("output,says", [("afile.txt", "is a file, not a folder"), ("afile.txt/below", "which is a file"),
+                                         ("", "empty"), ("http://127.0.0.1:9/out", "read-only")])
+def test_an_output_that_cannot_be_written_exits_2_before_anything_is_written(folder, capsys, output, says):
+    (folder / "afile.txt").write_text("keep me")
+    (folder / "manifest.csv").write_text("id,composite,mask\ngood,c.png,m.png\n")
+    assert cli_main(["harmonize", "--manifest", "manifest.csv", "--output", output, "--engine", "baseline"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert (folder / "afile.txt").read_text() == "keep me" and not (folder / "_journal").exists()
