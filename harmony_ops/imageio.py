@@ -62,27 +62,38 @@ def _guarded(what: str, fn, *args):
 
 
 def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, 1 (upright) for a missing, malformed or undefined value (EXIF defines 1 to 8)."""
     try:
-        return int(img.getexif().get(0x0112, 1) or 1)
+        v = int(img.getexif().get(0x0112, 1) or 1)
     except Exception:  # noqa: BLE001 - malformed EXIF must not fail the image
         return 1
+    return v if v in _TRANSPOSE else 1
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer and float modes to 8-bit L, scaling by the mode's range."""
+def _to_8bit(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """16/32-bit integer and float modes to 8-bit L, scaling by the mode's range. Float values that are not
+    numbers are defined, with a note: NaN is 0 (background, for a mask), +inf the top of the range, -inf 0; the
+    range (0-1 or 0-255) is judged on the finite values."""
     a = np.asarray(img)
+    notes = []
     if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
         a = (a.astype(np.float64) / 65535.0 * 255.0).round()
     elif img.mode == "F":
-        a = a.astype(np.float64) * (255.0 if a.max(initial=0) <= 1.0 else 1.0)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+        a = a.astype(np.float64)
+        finite = np.isfinite(a)
+        top = 1.0 if a[finite].max(initial=0) <= 1.0 else 255.0
+        if not finite.all():
+            notes.append("nonfinite_values")
+            a = np.where(np.isnan(a), 0.0, np.clip(a, 0.0, top))
+        a = a * (255.0 / top)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L"), notes
 
 
 def _normalise_mode(img: Image.Image) -> tuple[Image.Image, list[str]]:
     """High bit depths to 8-bit and palettes to RGBA: the modes both images and masks start from."""
     notes = []
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        img = _to_8bit(img)
+        img, notes = _to_8bit(img)
         notes.append("converted_high_bit_depth")
     if img.mode == "P":
         img = img.convert("RGBA")

@@ -191,3 +191,44 @@ def test_mask_array_binary_flag(values):
     assert non_binary == (not np.isin(a, (0, 255)).all())
     np.testing.assert_array_equal(m, (a >= 128).astype(np.float32))
     assert m.dtype == np.float32
+
+
+def test_a_float_mask_with_nan_and_inf_is_defined_and_noted():
+    """NaN is background, +inf the top of the range, -inf 0; the range is judged on the finite values (issue 29)."""
+    import io as _io
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    from harmony_ops.imageio import decode_mask
+
+    a = _np.zeros((4, 6), _np.float32)
+    a[0, 0], a[0, 1], a[0, 2], a[1, :] = _np.nan, _np.inf, -_np.inf, 1.0
+    buf = _io.BytesIO()
+    _Image.fromarray(a, mode="F").save(buf, format="TIFF")
+    img, _, notes = decode_mask(buf.getvalue())
+    m = _np.asarray(img)
+    assert m[0, 0] == 0 and m[0, 1] == 255 and m[0, 2] == 0 and (m[1] == 255).all() and (m[2:] == 0).all()
+    assert "nonfinite_values" in notes
+
+
+def test_an_undefined_exif_orientation_rotates_nothing_and_says_nothing():
+    import io as _io
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    from harmony_ops.imageio import decode_image
+    from harmony_ops.inputs import load_sample
+
+    img = _Image.fromarray(_np.zeros((4, 6, 3), _np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 9
+    buf = _io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    _, orientation, _ = decode_image(buf.getvalue())
+    assert orientation == 1
+    mask = _io.BytesIO()
+    _Image.fromarray(_np.pad(_np.full((2, 4), 255, _np.uint8), 1)).save(mask, format="PNG")
+    sample = load_sample(buf.getvalue(), mask.getvalue())
+    assert not any("exif" in n for n in sample.notes), sample.notes
