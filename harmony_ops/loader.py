@@ -35,7 +35,11 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r}: this process sees {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                           f"cuda:{torch.cuda.device_count() - 1} (a Ray worker sees only the GPUs it was given)")
+    return dev
 
 
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:

@@ -8,6 +8,8 @@ started, and errors name the field.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 import os
 from typing import Annotated, Any, Literal
@@ -92,6 +94,20 @@ class ModelConfig(Strict):
             object.__setattr__(self, "model", str(EMBEDDED_MODEL_DIR))
         return self
 
+    def device_problem(self, gpus_per_worker: float) -> str | None:
+        """Why `device` cannot work in a Ray worker given `gpus_per_worker` GPUs (it sees them as cuda:0, ...)."""
+        d = self.device
+        if self.engine == "baseline" or d in ("auto", "cpu"):
+            return None
+        if d.startswith("cuda"):
+            if not gpus_per_worker:
+                return f"model.device {d}: the model pool has no GPU (num_gpus 0 on this cluster); use auto or cpu"
+            index = d.partition(":")[2]
+            if index and (not index.isdigit() or int(index) >= max(1, math.ceil(gpus_per_worker))):
+                return (f"model.device {d}: each model worker sees only its own {math.ceil(gpus_per_worker)} GPU(s), "
+                        f"as cuda:0{'' if gpus_per_worker <= 1 else f' to cuda:{math.ceil(gpus_per_worker) - 1}'}")
+        return None
+
     @property
     def by_default(self) -> bool:
         """Neither an engine nor a model was named: the engine is the quality benchmark's choice."""
@@ -128,7 +144,8 @@ class ResolutionConfig(Strict):
     small_fg_ratio: float = Field(0.05, ge=0, le=1, description="auto: context crop below this foreground ratio")
     crop_target_fg_ratio: float = Field(0.25, gt=0, le=1, description="auto: foreground share of the context crop")
     large_region_pixels: int = Field(768 * 768, gt=0, description="auto: regions this large run at 1024-class")
-    class_sizes: tuple[int, int] = Field((512, 1024), description="sides of the 512- and 1024-class pixel budgets")
+    class_sizes: tuple[int, int] = Field((512, 1024), description="sides of the 512- and 1024-class pixel budgets "
+                                         "(multiples of 8, the VAE's factor; the first not larger than the second)")
     feather: int = Field(0, ge=0, le=256, description="feather the paste-back inside the mask edge, in pixels")
 
     @model_validator(mode="before")
@@ -141,6 +158,15 @@ class ResolutionConfig(Strict):
     @classmethod
     def _str_mode(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
+
+    @field_validator("class_sizes")
+    @classmethod
+    def _sizes(cls, v: tuple[int, int]) -> tuple[int, int]:
+        small, large = v
+        if small < 8 or large < 8 or small % 8 or large % 8 or small > large:
+            raise ValueError(f"class_sizes {list(v)}: two sides of at least 8 px, multiples of 8 (the VAE's factor), "
+                             "the first not larger than the second")
+        return v
 
     def adopted(self, declared: tuple[int, int] | None) -> "ResolutionConfig":
         """This configuration with a model's declared class sizes (model_index.json `harmony.class_sizes`)
@@ -210,7 +236,30 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    if _expanded_size(data, YAML_MAX_VALUES) > YAML_MAX_VALUES:
+        raise ConfigError(f"config file {path} expands to more than {YAML_MAX_VALUES} values (YAML aliases repeating "
+                          "aliases?): refused")
     return data
+
+
+# A job configuration is a few hundred values. YAML aliases share one node; expanded (as a summary.json would
+# write them), nine levels of nine aliases make 387 million values from a few lines.
+YAML_MAX_VALUES = 100_000
+
+
+def _expanded_size(value, limit: int) -> int:
+    """How many values `value` holds with every shared (aliased) node counted each time it appears; stops
+    counting past `limit`."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        v = stack.pop()
+        count += 1
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return count
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +389,10 @@ class JobConfig(StorageOptions):
     )
     ray_address: str | None = Field(None, description="Ray cluster address; unset: RAY_ADDRESS or a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (unset: all)")
+    resource_wait_seconds: float = Field(
+        600.0, ge=0, description="on a cluster joined by address (which an autoscaler may grow), how long to wait for "
+        "nodes that can hold the workers (a pool's CPUs, GPUs, custom resources) before stopping; a local Ray never "
+        "grows, so a request it cannot hold stops at once")
     allow_uri: list[str] = Field(
         default_factory=list,
         description="prefixes manifest rows (and HTTP(S) checkpoints) may read from besides the manifest's own storage "

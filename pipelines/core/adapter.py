@@ -134,12 +134,22 @@ def _named(base: type, name: str) -> type:
 
 
 def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Iterable[str] = (),
-                 finalize: Callable | None = None, transit: Iterable[str] = (), ledger: CrashLedger | None = None):
+                 finalize: Callable | None = None, transit: Iterable[str] = (), ledger: CrashLedger | None = None,
+                 wait_s: float = 600.0, echo: Callable = print):
     """The dataset with every stage applied in order, one named operator each; `finalize` (e.g. a
     schema's `to_arrow`) runs on the last stage's output. `inputs`: the columns of `ds`; `keep`:
     columns the output keeps; `transit`: input columns only the stages use (dropped at the end);
-    `ledger`: bounds the retries of batches that kill their worker."""
+    `ledger`: bounds the retries of batches that kill their worker. Every stage's worker must fit on some node
+    (a pool that asks for GPUs or a resource no node has would wait for ever): on a local Ray, ResourceShortfall
+    at once; on a cluster joined by address, up to `wait_s` seconds of waiting, said on `echo`."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    import ray
+
+    from pipelines.core.resources import alive_nodes, await_placeable
+
+    if ray.is_initialized():  # (a dataset stand-in in a unit test has no cluster to place on)
+        await_placeable(stages, alive_nodes, _JOINED, wait_s, echo)
 
     for bound in bind(stages, inputs, keep, finalize, transit, ledger):
         stage, p = bound.stage, bound.stage.pool
@@ -160,6 +170,11 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
     return ds
 
 
+# Whether this process joined a cluster by address (which an autoscaler may grow) rather than starting a local
+# Ray (which never grows): decides whether a pool no node can hold is waited for.
+_JOINED = False
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local instance without the dashboard.
     Under the CLI (`pipelines.core.logs.ray_logs_to_file`) Ray's output goes to its log file: workers'
@@ -171,7 +186,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     quiet = logs.quiet()
+    global _JOINED
     address = address or os.environ.get("RAY_ADDRESS")
+    _JOINED = bool(address)
     if address:
         ray.init(address=address, log_to_driver=not quiet, configure_logging=not quiet)
     else:

@@ -108,3 +108,53 @@ def await_resources(need: dict[str, float], totals: Callable[[], dict[str, float
                  f"({waited:.0f}/{deadline_s:.0f} s)")
             said = clock()
         sleep(min(1.0, every_s))
+
+
+def worker_need(pool) -> dict[str, float]:
+    """What one worker of a stage's pool asks Ray for."""
+    need = {"CPU": float(pool.num_cpus)}
+    if pool.num_gpus:
+        need["GPU"] = float(pool.num_gpus)
+    need.update({k: float(v) for k, v in pool.resources.items()})
+    return need
+
+
+def pools_unplaceable(stages, nodes: list[dict[str, float]]) -> list[str]:
+    """For each stage whose one worker fits on no node (`nodes`: each alive node's resources), a line naming its
+    pool's settings and what the largest nodes offer."""
+    out = []
+    for stage in stages:
+        need = worker_need(stage.pool)
+        if not any(fits(need, n) for n in nodes):
+            best = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in need}
+            out.append(f"pools.{stage.name}: one worker needs {_fmt(need, need)}; no node offers that (the most any "
+                       f"node has: {_fmt(best, need)})")
+    return out
+
+
+def await_placeable(stages, nodes: Callable[[], list[dict[str, float]]], grows: bool, deadline_s: float,
+                    echo: Callable[..., None], every_s: float = 10.0, clock=time.monotonic, sleep=time.sleep) -> None:
+    """Return once every stage's worker fits on some node. A Ray that cannot grow (`grows` False: a local
+    instance) raises ResourceShortfall at once; a cluster that may (joined by address) is waited for, saying
+    so every `every_s` seconds, up to `deadline_s`."""
+    start, said = clock(), None
+    while True:
+        problems = pools_unplaceable(stages, nodes())
+        if not problems:
+            return
+        waited = clock() - start
+        if not grows:
+            raise ResourceShortfall("; ".join(problems) + " (this local Ray instance never grows: lower the pool's "
+                                    "settings, or run on a cluster that has such nodes)")
+        if waited >= deadline_s:
+            raise ResourceShortfall(f"waited {waited:.0f} s: " + "; ".join(problems) + " (--resource-wait-seconds)")
+        if said is None or clock() - said >= every_s:
+            echo(f"waiting for nodes: {'; '.join(problems)} ({waited:.0f}/{deadline_s:.0f} s)")
+            said = clock()
+        sleep(min(1.0, every_s))
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]

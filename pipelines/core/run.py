@@ -112,7 +112,8 @@ class JobRun:
             total, columns, source = len(source), list(source.columns), self.blocks(source)
         ledger = CrashLedger(join(self.journal, "_attempts"), self.opts, self.cfg.max_worker_crashes)
         ds = apply_stages(source, stages, inputs=columns or (), keep=keep, finalize=finalize, transit=transit,
-                          ledger=ledger)
+                          ledger=ledger, wait_s=self.cfg.resource_wait_seconds,
+                          echo=lambda m: self.echo(m, file=sys.stderr))
         progress = progress_of(self.echo, self.command, total)
         try:
             return journal_dataset(ds, self.journal, self.opts, read_back=read_back,

@@ -24,7 +24,8 @@ class PoolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker")
+    # Ray counts resources in units of 1e-4 and schedules nothing below it: 0.01 is the smallest share kept here.
+    num_cpus: float = Field(1.0, ge=0.01, description="CPUs per worker (at least 0.01)")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per worker; unset: 1 when the cluster has GPUs, else 0")
     batch_size: int = Field(4, ge=1, description="rows per batch")
     min_workers: int = Field(1, ge=1, description="smallest pool size")
@@ -38,9 +39,11 @@ class PoolConfig(BaseModel):
     def _sizes(self) -> "PoolConfig":
         if self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) < min_workers ({self.min_workers})")
+        if self.num_gpus is not None and 0 < self.num_gpus < 0.01:
+            raise ValueError(f"num_gpus: {self.num_gpus} (0, or at least 0.01: Ray schedules nothing smaller)")
         for name, amount in self.resources.items():
-            if name in ("CPU", "GPU", "memory") or not amount > 0:
-                raise ValueError(f"resources: {name!r}: {amount} (a custom resource, more than 0; CPUs and GPUs "
+            if name in ("CPU", "GPU", "memory") or not amount >= 0.01:
+                raise ValueError(f"resources: {name!r}: {amount} (a custom resource, at least 0.01; CPUs and GPUs "
                                  "have their own fields)")
         return self
 

@@ -184,6 +184,9 @@ def _harmonize(run: JobRun, cfg: HarmonizeJobConfig, echo) -> JobResult:
 
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     pools = cfg.pools
+    problem = cfg.model.device_problem(model_pool(cfg, has_gpu).num_gpus or 0.0)
+    if problem:
+        raise JobError(problem)
     stages = [
         DecodeStage.for_job(cfg, needs_resize, pools.decode.on_cluster(False)),
         ModelStage(model=cfg.model, storage_options=cfg.storage_options, pool=model_pool(cfg, has_gpu)),

@@ -39,9 +39,6 @@ class TrainJobConfig(JobConfig):
     cpus_per_worker: float | None = Field(
         None, gt=0, description="CPUs reserved per worker; unset: 1, or on a local Ray that has too few CPUs an equal "
         "share of what the data stage leaves")
-    resource_wait_seconds: float = Field(
-        600.0, ge=0, description="on a cluster joined by address (which an autoscaler may grow), how long to wait for "
-        "the workers' resources before stopping; a local Ray never grows, so a request it cannot hold stops at once")
     max_steps: int = Field(1000, ge=1, description="train until this optimisation step (a re-run continues to it)")
     batch_size: int = Field(4, ge=1, description="samples per worker per step")
     lr: float = Field(1e-5, gt=0, le=1, description="AdamW learning rate after warmup")

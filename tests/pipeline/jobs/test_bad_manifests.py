@@ -88,3 +88,13 @@ def test_an_output_that_cannot_be_written_exits_2_before_anything_is_written(fol
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
     assert (folder / "afile.txt").read_text() == "keep me" and not (folder / "_journal").exists()
+
+
+def test_a_pool_no_node_can_hold_exits_2_instead_of_waiting_for_ever(ray_local, folder, capsys):
+    (folder / "manifest.csv").write_text("id,composite,mask\ngood,c.png,m.png\n")
+    t = __import__("time").monotonic()
+    assert cli_main(["harmonize", "--manifest", "manifest.csv", "--output", "out", "--engine", "baseline",
+                     "--gpus-per-actor", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "pools.model: one worker needs" in err and "GPU" in err and "never grows" in err
+    assert __import__("time").monotonic() - t < 60
