@@ -31,7 +31,7 @@ from pipelines.io.manifest import manifest_format
 from pipelines.io.storage import arrow_filesystem, filesystem, join
 from pipelines.io.tables import parquet_files, write_parquet_stream, write_table_atomic
 from pipelines.jobs.synthesize.donors import DonorStatsStage, donor_pool_from
-from pipelines.jobs.synthesize.sources import COMPOSITES, FOREGROUNDS, INPUT_COLUMNS, MASKS, REALS
+from pipelines.jobs.synthesize.sources import COMPOSITES, FOREGROUNDS, INPUT_COLUMNS, MASKS, REALS, CELL_PROBLEMS, parse_json_lines
 from pipelines.jobs.synthesize.stage import InverseSynthesizeStage, SynthesizeStage
 from schemas.synthesis import CUTOUT_MANIFEST_COLUMNS, CUTOUT_MANIFEST_SCHEMA, MANIFEST_COLUMNS, MANIFEST_SCHEMA, SCHEMA, to_arrow
 from schemas.vocabulary import DrawStatus, ErrorKind
@@ -61,7 +61,10 @@ def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
             ds = ray.data.read_csv(path, filesystem=fs, file_extensions=None,
                                    convert_options=pacsv.ConvertOptions(column_types=types))
         else:
-            ds = ray.data.read_json(path, filesystem=fs, file_extensions=None)
+            # Line by line in the workers, not through a JSON reader that infers one type per column: a catalog's
+            # column of mixed types (or a number where a path belongs) is then a row's problem, not the job's.
+            ds = ray.data.read_text(path, filesystem=fs, file_extensions=None).map_batches(
+                parse_json_lines, batch_format="pandas")
         columns = columns or ds.columns()
     except Exception as exc:  # noqa: BLE001 - readers raise many types; the job cannot run either way
         if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower() or "no such file" in str(exc).lower():
@@ -72,7 +75,7 @@ def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
     if missing:
         hint = " (or pass --mask-source ellipse|box|blob)" if missing == ["mask"] else ""
         raise JobError(f"manifest {cfg.manifest} lacks column(s) {missing}{hint}; it has {columns}")
-    ds = ds.select_columns([c for c in INPUT_COLUMNS if c in columns])
+    ds = ds.select_columns([c for c in (*INPUT_COLUMNS, CELL_PROBLEMS) if c in columns])
     if cfg.limit:
         # "The first N rows" must be the same rows in every pass: keep the file order.
         ds.context.execution_options.preserve_order = True

@@ -3,10 +3,12 @@ and paths of the samples made from them."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from harmony_ops.imageio import ImageError, apply_orientation, decode_image
 from harmony_ops.inputs import load_sample
@@ -57,9 +59,41 @@ def mask_index(cfg: SynthesizeJobConfig, k: int) -> int:
     return 1 if cfg.mask_source == "given" else k
 
 
+# A JSON Lines manifest's cells that were not text where text belongs, per row (set by `parse_json_lines`).
+CELL_PROBLEMS = "cell_problems"
+
+
+def parse_json_lines(batch: pd.DataFrame) -> pd.DataFrame:
+    """Lines of a JSON Lines manifest (column `text`) to the input columns: text cells as they are, any other
+    value null with the row's problem in CELL_PROBLEMS naming the column and the type; a line that is not a JSON
+    object is a row whose problem says so."""
+    out = []
+    for line in batch["text"]:
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            rec, problems = {}, [f"line is not JSON ({exc})"]
+        else:
+            problems = [] if isinstance(rec, dict) else [f"line is a JSON {type(rec).__name__}, not an object"]
+            rec = rec if isinstance(rec, dict) else {}
+        row = {}
+        for c in INPUT_COLUMNS:
+            v = rec.get(c)
+            if v is None or isinstance(v, str):
+                row[c] = v
+            else:
+                row[c] = json.dumps(v) if c == "id" else None  # an id stays recognisable in the draws table
+                problems.append(f"{c}: must be a string, not {type(v).__name__}")
+        row[CELL_PROBLEMS] = "; ".join(problems) or None
+        out.append(row)
+    return pd.DataFrame(out, columns=[*INPUT_COLUMNS, CELL_PROBLEMS])
+
+
 def input_problem(rec: dict, cfg: SynthesizeJobConfig) -> tuple[ErrorKind, str] | None:
     """Why an input row cannot be used, as (reason, message); None when it can. Rows are checked here,
     on the workers (the driver never holds the input manifest), with the jobs' access policy."""
+    if rec.get(CELL_PROBLEMS):
+        return ErrorKind.INVALID_ROW, rec[CELL_PROBLEMS]
     rid = rec.get("id")
     if not isinstance(rid, str) or not rid:
         return ErrorKind.INVALID_ROW, "id: must be a non-empty string"

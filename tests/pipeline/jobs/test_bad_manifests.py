@@ -98,3 +98,18 @@ def test_a_pool_no_node_can_hold_exits_2_instead_of_waiting_for_ever(ray_local, 
     err = capsys.readouterr().err
     assert "pools.model: one worker needs" in err and "GPU" in err and "never grows" in err
     assert __import__("time").monotonic() - t < 60
+
+
+def test_synthesize_reads_a_jsonl_with_mixed_columns_and_wrong_types_row_by_row(ray_local, folder):
+    rows = [{"id": "a", "real": "c.png", "extra": 1}, {"id": "b", "real": 5, "extra": "x"},
+            {"id": "c", "real": "c.png", "extra": {"k": [1]}}, {"id": 7, "real": "c.png"}]
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    assert cli_main(["synthesize", "--manifest", "m.jsonl", "--output", "syn", "--mask-source", "blob",
+                     "--per-image", "1"]) == 0
+    p = pd.read_parquet(folder / "syn" / "params.parquet")
+    first = p[p["first_of_input"]].set_index("source_id")
+    assert len(first) == 5  # every input line is accounted for
+    assert first.loc["b", "status"] == "invalid" and first.loc["b", "message"] == "real: must be a string, not int"
+    assert first.loc["7", "message"] == "id: must be a string, not int"
+    assert first.loc["", "message"].startswith("line is not JSON")
+    assert first.loc["a", "status"] != "invalid" and first.loc["c", "status"] != "invalid"
