@@ -154,11 +154,18 @@ def load_source(rec: dict, cfg: SynthesizeJobConfig) -> Source:
     return Source(real=np.asarray(apply_orientation(img, orientation), dtype=np.uint8), mask=None, notes=notes)
 
 
+# A photograph with a side shorter than this holds no foreground shape with a background around it.
+MIN_SIDE = 8
+
+
 def sample_mask(cfg: SynthesizeJobConfig, source_id: str, source: Source, k: int) -> tuple[np.ndarray, dict | None]:
     """The foreground of sample k: the given mask, or a random shape drawn from (seed, id, k)."""
+    h, w = source.real.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(ErrorKind.TOO_SMALL, f"real image is {w}x{h}: a side under {MIN_SIDE} px holds no foreground "
+                         "with a background around it")
     if cfg.mask_source == "given":
         return source.mask, None
-    h, w = source.real.shape[:2]
     try:
         return random_mask(cfg.mask_source, h, w, rng_for(cfg.seed, source_id, k, "mask"), cfg.fg_ratio)
     except ValueError as exc:  # too small for a shape inside the border

@@ -108,3 +108,16 @@ def test_s3_clients_make_one_bounded_attempt_per_request_and_options_override_it
     cfg = fsspec_options("s3://b/k", {"read_timeout": 5, "config_kwargs": {"connect_timeout": 1}})["config_kwargs"]
     assert cfg["read_timeout"] == 5 and cfg["connect_timeout"] == 1
     assert "config_kwargs" not in fsspec_options("/local/path", {"read_timeout": 5})
+
+
+def test_a_photograph_too_thin_for_a_foreground_is_too_small_whatever_the_mask_source():
+    from harmony_ops.imageio import ImageError
+    from pipelines.jobs.synthesize.config import SynthesizeJobConfig
+    from pipelines.jobs.synthesize.sources import Source, sample_mask
+
+    thin = Source(real=np.zeros((1, 3000, 3), np.uint8), mask=np.zeros((1, 3000), np.float32), notes=[])
+    for source in ("blob", "given"):
+        cfg = SynthesizeJobConfig(manifest="m.csv", output="o", mask_source=source)
+        with pytest.raises(ImageError) as e:
+            sample_mask(cfg, "thin", thin, 0)
+        assert e.value.kind == "too_small" and "3000x1" in str(e.value)
