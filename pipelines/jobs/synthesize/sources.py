@@ -162,7 +162,7 @@ def sample_mask(cfg: SynthesizeJobConfig, source_id: str, source: Source, k: int
     """The foreground of sample k: the given mask, or a random shape drawn from (seed, id, k)."""
     h, w = source.real.shape[:2]
     if min(h, w) < MIN_SIDE:
-        raise ImageError(ErrorKind.TOO_SMALL, f"real image is {w}x{h}: a side under {MIN_SIDE} px holds no foreground "
+        raise ImageError(ErrorKind.TOO_SMALL, f"real image is {w}x{h}, too small: a side under {MIN_SIDE} px holds no foreground "
                          "with a background around it")
     if cfg.mask_source == "given":
         return source.mask, None
