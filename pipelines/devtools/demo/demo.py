@@ -74,10 +74,10 @@ def compare_engines(manifest: Path, out: Path, first: str, other: str, pools, ec
         return r.exit_code
     ok = r.metrics[r.metrics["status"] == "ok"]
     echo(f"demo: side by side ({len(ok)} composites, 256 px protocol; report {out / 'comparison' / 'report.html'})")
-    echo(f"  {'':24s} {'fMSE':>8s} {'PSNR':>7s}")
+    echo(f"  {'':36s} {'fMSE':>8s} {'PSNR':>7s}")
     for label, prefix in (("composite (untouched)", "composite_"), (f"{first} (results/)", ""),
                           (f"{other} (results-{other}/)", "compare_")):
-        echo(f"  {label:24s} {ok[prefix + 'fmse'].mean():8.1f} {ok[prefix + 'psnr'].mean():7.2f}")
+        echo(f"  {label:36s} {ok[prefix + 'fmse'].mean():8.1f} {ok[prefix + 'psnr'].mean():7.2f}")
     return 0
 
 
