@@ -491,7 +491,9 @@ def render_html(df: pd.DataFrame, summary: dict, prefix: str, case_thumbs: dict 
         parts.append(_grid(cases[name], case_thumbs, f"grid-{name}"))
     parts.append('<h2 id="failed">Failed rows</h2>')
     parts.append(_failed_section(groups, failed_thumbs))
-    parts.append(rows_section(df, prefix))
+    # In a row's detail view, evaluate's two methods are named by their folders (e.g. results/ and results-x/).
+    sources = {k: ev.get(v) for k, v in (("harmonized", "predictions"), ("compare", "compare")) if ev.get(v)}
+    parts.append(rows_section(df, prefix, sources))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -48,7 +48,13 @@ def _value(v):
     return round(float(v), 4) if isinstance(v, float) else v
 
 
-def rows_json(df: pd.DataFrame, prefix: str) -> str:
+def _folder_name(uri: str) -> str:
+    """`s3://b/runs/x/images` -> `x/images`: enough of a folder's path to tell two methods apart."""
+    parts = [p for p in str(uri).rstrip("/").split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) > 1 else (parts[0] if parts else "")
+
+
+def rows_json(df: pd.DataFrame, prefix: str, sources: dict | None = None) -> str:
     """{"columns": [...], "rows": [[...], ...]} of every row, ordered by manifest row; safe inside <script>."""
     metrics = [m for m in METRICS if m in df.columns]
     extra = [c for c in DETAIL if c in df.columns]
@@ -63,12 +69,15 @@ def rows_json(df: pd.DataFrame, prefix: str) -> str:
         rec["image"] = _relative(rec.get("output"), prefix)
         records.append([_value(rec.get(c)) for c in columns])
     text = json.dumps({"columns": columns, "labels": LABELS, "metrics": metrics, "hidden": ["image", *extra],
-                       "review_dir": REVIEW_DIR, "files": FILES, "rows": records}, separators=(",", ":"), default=str)
+                       "review_dir": REVIEW_DIR, "files": FILES,
+                       "sources": {k: _folder_name(v) for k, v in (sources or {}).items()}, "rows": records}, separators=(",", ":"), default=str)
     # No markup can appear in the page's JSON: a cell holding "<img onerror=...>" stays text.
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def rows_section(df: pd.DataFrame, prefix: str) -> str:
+def rows_section(df: pd.DataFrame, prefix: str, sources: dict | None = None) -> str:
+    """`sources`: where evaluate's methods came from ({"harmonized": predictions, "compare": compare}), named in
+    the detail view."""
     return "\n".join([
         '<h2 id="rows">All rows</h2>',
         '<p>Open a row (its id or thumbnail) to review it at full resolution: composite, harmonized, the compare '
@@ -88,7 +97,7 @@ def rows_section(df: pd.DataFrame, prefix: str) -> str:
         '<div class="rows-pager"><button id="rows-prev" type="button">previous</button> <span id="rows-page"></span> '
         '<button id="rows-next" type="button">next</button></div>',
         DETAIL_MARKUP,
-        f'<script type="application/json" id="rows-data">{rows_json(df, prefix)}</script>',
+        f'<script type="application/json" id="rows-data">{rows_json(df, prefix, sources)}</script>',
         f"<script>{SCRIPT}</script>",  # the only script: the page's CSP allows it by its hash (script_hash)
     ])
 
@@ -184,8 +193,9 @@ SCRIPT = """
   let current = null, zoom = 0, syncing = false;
   function panels(r) {
     const real = file(r, data.files.real), F = data.files;
-    return [['composite', file(r, F.composite)], ['harmonized', r[idx.image] || file(r, F.harmonized)],
-      ['compare method', file(r, F.compare)], ['ground truth', real], ['mask', file(r, F.mask)],
+    const named = (label, key) => data.sources[key] ? label + ' (' + data.sources[key] + ')' : label;
+    return [['composite', file(r, F.composite)], [named('harmonized', 'harmonized'), r[idx.image] || file(r, F.harmonized)],
+      [named('compare method', 'compare'), file(r, F.compare)], ['ground truth', real], ['mask', file(r, F.mask)],
       [real ? 'difference to ground truth' : 'change from composite', file(r, F.difference)]].filter((p) => p[1]);
   }
   function open(key) {

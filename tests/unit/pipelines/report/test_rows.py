@@ -35,3 +35,10 @@ def test_rows_json_keeps_markup_out_and_names_the_review_files():
     assert second["review"] == "composite.png,thumb.jpg" and second["width"] == 4
     assert set(data["hidden"]) >= {"review", "width", "height", "image"}
     assert data["files"]["thumb"] == "thumb" and data["review_dir"] == "report_files/rows"
+
+
+def test_evaluates_two_methods_are_named_by_their_folders():
+    df = pd.DataFrame({"id": ["a"], "row": [0], "status": ["ok"], "output": [None]})
+    data = json.loads(rows_json(df, "/out", {"harmonized": "/runs/demo/results/images", "compare": "s3://b/other/"}))
+    assert data["sources"] == {"harmonized": "results/images", "compare": "b/other"}
+    assert json.loads(rows_json(df, "/out"))["sources"] == {}
