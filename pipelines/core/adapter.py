@@ -146,10 +146,10 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
 
     import ray
 
-    from pipelines.core.resources import alive_nodes, await_placeable
+    from pipelines.core.resources import alive_nodes, await_placeable, ray_can_grow, request_nodes
 
     if ray.is_initialized():  # (a dataset stand-in in a unit test has no cluster to place on)
-        await_placeable(stages, alive_nodes, _JOINED, wait_s, echo)
+        await_placeable(stages, alive_nodes, ray_can_grow(), wait_s, echo, request=request_nodes)
 
     for bound in bind(stages, inputs, keep, finalize, transit, ledger):
         stage, p = bound.stage, bound.stage.pool
@@ -170,11 +170,6 @@ def apply_stages(ds, stages: Sequence[Stage], inputs: Iterable[str], keep: Itera
     return ds
 
 
-# Whether this process joined a cluster by address (which an autoscaler may grow) rather than starting a local
-# Ray (which never grows): decides whether a pool no node can hold is waited for.
-_JOINED = False
-
-
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), else start a local instance without the dashboard.
     Under the CLI (`pipelines.core.logs.ray_logs_to_file`) Ray's output goes to its log file: workers'
@@ -186,9 +181,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     quiet = logs.quiet()
-    global _JOINED
     address = address or os.environ.get("RAY_ADDRESS")
-    _JOINED = bool(address)
     if address:
         ray.init(address=address, log_to_driver=not quiet, configure_logging=not quiet)
     else:

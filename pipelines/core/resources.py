@@ -133,28 +133,62 @@ def pools_unplaceable(stages, nodes: list[dict[str, float]]) -> list[str]:
 
 
 def await_placeable(stages, nodes: Callable[[], list[dict[str, float]]], grows: bool, deadline_s: float,
-                    echo: Callable[..., None], every_s: float = 10.0, clock=time.monotonic, sleep=time.sleep) -> None:
+                    echo: Callable[..., None], every_s: float = 10.0, clock=time.monotonic, sleep=time.sleep,
+                    request: Callable[[list[dict[str, float]]], None] | None = None) -> None:
     """Return once every stage's worker fits on some node. A Ray that cannot grow (`grows` False: a local
-    instance) raises ResourceShortfall at once; a cluster that may (joined by address) is waited for, saying
-    so every `every_s` seconds, up to `deadline_s`."""
-    start, said = clock(), None
-    while True:
-        problems = pools_unplaceable(stages, nodes())
-        if not problems:
-            return
-        waited = clock() - start
-        if not grows:
-            raise ResourceShortfall("; ".join(problems) + " (this local Ray instance never grows: lower the pool's "
-                                    "settings, or run on a cluster that has such nodes)")
-        if waited >= deadline_s:
-            raise ResourceShortfall(f"waited {waited:.0f} s: " + "; ".join(problems) + " (--resource-wait-seconds)")
-        if said is None or clock() - said >= every_s:
-            echo(f"waiting for nodes: {'; '.join(problems)} ({waited:.0f}/{deadline_s:.0f} s)")
-            said = clock()
-        sleep(min(1.0, every_s))
+    instance) raises ResourceShortfall at once; a cluster that may (joined by address) is asked for such nodes
+    (`request`: the autoscaler's `request_resources`, which scales on demand and sees none before a task is
+    submitted) and waited for, saying so every `every_s` seconds, up to `deadline_s`."""
+    start, said, asked = clock(), None, False
+    try:
+        while True:
+            problems = pools_unplaceable(stages, nodes())
+            if not problems:
+                return
+            if grows and request is not None and not asked:
+                request([worker_need(s.pool) for s in stages])
+                asked = True
+            _wait_or_raise(problems, clock() - start, grows, deadline_s, echo, said, every_s, clock)
+            said = said if said is not None and clock() - said < every_s else clock()
+            sleep(min(1.0, every_s))
+    finally:
+        if asked:
+            request([])  # the request stands until replaced: the job's own tasks ask from here on
+
+
+def _wait_or_raise(problems, waited, grows, deadline_s, echo, said, every_s, clock) -> None:
+    if not grows:
+        raise ResourceShortfall("; ".join(problems) + " (this local Ray instance never grows: lower the pool's "
+                                "settings, or run on a cluster that has such nodes)")
+    if waited >= deadline_s:
+        raise ResourceShortfall(f"waited {waited:.0f} s: " + "; ".join(problems) + " (--resource-wait-seconds)")
+    if said is None or clock() - said >= every_s:
+        echo(f"waiting for nodes: {'; '.join(problems)} ({waited:.0f}/{deadline_s:.0f} s)")
 
 
 def alive_nodes() -> list[dict[str, float]]:
     import ray
 
     return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def ray_can_grow() -> bool:
+    """False where this process started the Ray instance it uses (a local one: it never grows); True where it
+    joined one (by address, or initialised by its caller against a cluster)."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node
+        return not (node is not None and node.head)
+    except Exception:  # noqa: BLE001 - a private attribute: assume the cautious answer (wait, do not refuse)
+        return True
+
+
+def request_nodes(bundles: list[dict[str, float]]) -> None:
+    """Ask the autoscaler (where there is one) for nodes that hold these workers; [] withdraws the request."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+    except Exception:  # noqa: BLE001 - a cluster without an autoscaler: nothing to ask
+        pass

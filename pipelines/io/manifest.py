@@ -80,8 +80,9 @@ def reserved_columns() -> frozenset[str]:
 
 
 def _scalar_kind(v):
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else type(v) if isinstance(
-        v, (str, bool, int, float, np.integer, np.floating, np.bool_)) else object
+    if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):  # None, NaN, pd.NA, NaT
+        return None
+    return type(v) if isinstance(v, (str, bool, int, float, np.integer, np.floating, np.bool_)) else object
 
 
 def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +103,7 @@ def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
             renames[c] = new
     df = df.rename(columns=renames)
     for c in df.columns:
-        if c in INPUT_COLUMNS:
+        if c in INPUT_COLUMNS or df[c].dtype != object:  # a typed column (Int64, datetime, ...) carries as it is
             continue
         kinds = {_scalar_kind(v) for v in df[c]} - {None}
         if object in kinds or len(kinds) > 1:
@@ -144,7 +145,7 @@ def prepare_rows(df: pd.DataFrame, manifest_uri: str, output: str, image_format:
                  allow: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
     """Validate, resolve URIs, refuse the ones outside the manifest's storage and the `allow` prefixes
     (pipelines/io/access.py), mark duplicates, assign seeds and output URIs; returns the job's row table."""
-    if df.empty:  # a manifest of no rows is an empty run, whatever its columns
+    if len(df) == 0:  # a manifest of no rows is an empty run, whatever its columns
         df = pd.DataFrame({c: pd.Series([], dtype=object) for c in (*REQUIRED, "composite", "mask")}) \
             .join(df.drop(columns=[c for c in (*REQUIRED, "composite", "mask") if c in df.columns]))
     reasons = row_problems(df)

@@ -35,8 +35,9 @@ def output_problem(uri: str, options: dict | None = None) -> str | None:
             return f"{uri}: no bucket named"
         try:
             fs, _ = filesystem(f"{proto}://{bucket}", options)
-            if not fs.exists(bucket):
-                return f"bucket {bucket!r} does not exist (or these credentials cannot see it)"
-        except Exception as exc:  # noqa: BLE001 - the store's own answer, in one line
-            return f"bucket {bucket!r} cannot be reached: {type(exc).__name__}: {exc}"
+            fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:  # a definite 404: no such bucket
+            return f"bucket {bucket!r} does not exist"
+        except Exception:  # noqa: BLE001 - forbidden to list, throttled, ...: the job's own writes will tell
+            return None
     return None

@@ -23,7 +23,7 @@ from harmony_ops.remote import http_options, is_http
 
 # Per request to S3 (botocore): seconds to connect and between received bytes, one attempt. Storage options
 # `read_timeout=` / `connect_timeout=` (or `config_kwargs`) override them.
-S3_CLIENT_CONFIG = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 1}}
+S3_CLIENT_CONFIG = {"connect_timeout": 10, "read_timeout": 30, "retries": {"total_max_attempts": 1}}
 SECRET_KEYS = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "password"}
 
 
@@ -64,7 +64,8 @@ def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
         # credentials among them) to an HTTP host. See harmony_ops/remote.py.
         return http_options()
     opts = dict(options or {})
-    timeouts = {k: opts.pop(k) for k in ("read_timeout", "connect_timeout") if k in opts}
+    # (float: a KEY=VALUE flag brings "2.5" as text, which botocore would add to a float)
+    timeouts = {k: float(opts.pop(k)) for k in ("read_timeout", "connect_timeout") if k in opts}
     if protocol_of(uri) in ("s3", "s3a"):
         endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
@@ -72,8 +73,8 @@ def fsspec_options(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
         region = opts.pop("region_name", None) or opts.pop("region", None)
         if region:
             opts.setdefault("client_kwargs", {})["region_name"] = region
-        # One bounded attempt per request at botocore's level: the project's `retry` is the only layer that
-        # retries (s3fs's own is set to one attempt in `filesystem`), so retries never multiply.
+        # One bounded attempt per request at botocore's level (s3fs keeps its own retries of throttling, for the
+        # calls outside a row; a row's reads are bounded by its deadline whatever the layers do).
         # (a copy: botocore rewrites the nested `retries` dict it is given)
         opts["config_kwargs"] = {**copy.deepcopy(S3_CLIENT_CONFIG), **timeouts, **copy.deepcopy(opts.get("config_kwargs") or {})}
     return opts
@@ -91,10 +92,7 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
     s3 = protocol_of(uri) in ("s3", "s3a")
     if s3:
         opts.setdefault("use_listings_cache", False)
-    fs, path = fsspec.core.url_to_fs(uri, **opts)
-    if s3:
-        fs.retries = 1  # s3fs retries some errors itself, up to 5 times with backoff: `retry` does it once
-    return fs, path
+    return fsspec.core.url_to_fs(uri, **opts)
 
 
 def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
@@ -117,7 +115,9 @@ def arrow_filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[p
         region = (opts.get("client_kwargs") or {}).get("region_name") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         kwargs["region"] = region
         cfg = opts.get("config_kwargs") or {}  # the same bound per request as the fsspec client's
-        kwargs["request_timeout"], kwargs["connect_timeout"] = float(cfg["read_timeout"]), float(cfg["connect_timeout"])
+        for ours, theirs in (("request_timeout", "read_timeout"), ("connect_timeout", "connect_timeout")):
+            if cfg.get(theirs) is not None:
+                kwargs[ours] = float(cfg[theirs])
         return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]
     fs, path = filesystem(uri, options)
     if protocol_of(uri) == "file":

@@ -238,11 +238,16 @@ def heat_map(pred: np.ndarray, real: np.ndarray, scale: float = HEAT_SCALE) -> I
     return Image.fromarray(heat_colours(small, scale))
 
 
+# A picture of the report is not worth waiting for: each read stops after this (a failed row's object may be
+# the one a store never answers).
+REPORT_READ_SECONDS = 20.0
+
+
 def _read(uri, options, retries):
     if not isinstance(uri, str) or not uri:
         return None, "no URI"
     try:
-        return read_with_retries(uri, options, retries), None
+        return read_with_retries(uri, options, retries, time.monotonic() + REPORT_READ_SECONDS), None
     except Exception as exc:  # noqa: BLE001 - a report shows what it can
         return None, f"{type(exc).__name__}: {exc}"
 

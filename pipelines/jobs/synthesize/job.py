@@ -40,9 +40,33 @@ MANIFEST_FILE = "manifest.parquet"
 PARAMS_FILE = "params.parquet"
 
 
+JSON_PEEK_BYTES = 1 << 20
+
+
+def json_keys(uri: str, options: dict) -> list[str]:
+    """The keys of the first lines of a JSON Lines manifest (its first MiB), for the driver's check of required
+    columns (the workers parse every line); an empty file has the input columns (an empty run)."""
+    import json
+
+    fs, path = filesystem(uri, options)
+    with fs.open(path, "rb") as f:
+        head = f.read(JSON_PEEK_BYTES)
+    keys: dict[str, None] = {}
+    lines = head.splitlines()[:-1] if len(head) == JSON_PEEK_BYTES else head.splitlines()  # no cut-off last line
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            keys.update(dict.fromkeys(rec))
+    return list(keys) if keys or any(line.strip() for line in lines) else list(INPUT_COLUMNS)
+
+
 def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
-    """The input manifest as a lazy Ray dataset of its id, real, mask (and subset) columns, and the
-    manifest's columns (checked here; pass them back to skip reading the schema again)."""
+    """(The input manifest as a lazy Ray dataset of its id, real, mask (and subset) columns, the manifest's
+    columns (checked here; pass them back to skip reading the schema again), the dataset's columns: known even
+    where an empty file gives the dataset no schema)."""
     import ray
 
     try:
@@ -65,6 +89,7 @@ def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
             # column of mixed types (or a number where a path belongs) is then a row's problem, not the job's.
             ds = ray.data.read_text(path, filesystem=fs, file_extensions=None).map_batches(
                 parse_json_lines, batch_format="pandas")
+            columns = columns or json_keys(cfg.manifest, cfg.storage_options)
         columns = columns or ds.columns()
     except Exception as exc:  # noqa: BLE001 - readers raise many types; the job cannot run either way
         if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower() or "no such file" in str(exc).lower():
@@ -75,12 +100,14 @@ def read_input(cfg: SynthesizeJobConfig, columns: list[str] | None = None):
     if missing:
         hint = " (or pass --mask-source ellipse|box|blob)" if missing == ["mask"] else ""
         raise JobError(f"manifest {cfg.manifest} lacks column(s) {missing}{hint}; it has {columns}")
-    ds = ds.select_columns([c for c in (*INPUT_COLUMNS, CELL_PROBLEMS) if c in columns])
+    # (CELL_PROBLEMS only from parse_json_lines: a CSV or parquet column of that name is the catalog's own)
+    selected = [c for c in INPUT_COLUMNS if c in columns] + ([CELL_PROBLEMS] if fmt == "jsonl" else [])
+    ds = ds.select_columns(selected)
     if cfg.limit:
         # "The first N rows" must be the same rows in every pass: keep the file order.
         ds.context.execution_options.preserve_order = True
         ds = ds.limit(cfg.limit)
-    return ds, columns
+    return ds, columns, selected
 
 
 def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool | None:
@@ -89,10 +116,10 @@ def build_donor_pool(cfg: SynthesizeJobConfig, columns: list[str]) -> DonorPool 
     only on its own random draws."""
     if normalise_weights(cfg.kinds)["colour_transfer"] == 0:
         return None
-    ds, _ = read_input(cfg, columns)  # a dataset of its own, so ordering it does not slow the main pass
+    ds, _, selected = read_input(cfg, columns)  # a dataset of its own, so ordering it does not slow the main pass
     ds.context.execution_options.preserve_order = True
     stage = DonorStatsStage(cfg=cfg, pool=cfg.pools.synthesize.on_cluster(False))
-    rows = apply_stages(ds.limit(cfg.donor_pool), [stage], inputs=ds.columns()).take_all()
+    rows = apply_stages(ds.limit(cfg.donor_pool), [stage], inputs=selected).take_all()
     return donor_pool_from(rows)
 
 
@@ -108,9 +135,9 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
         raise JobError(str(exc)) from exc
     model_id = inverse_model_id(cfg)  # before starting Ray: a checkpoint that cannot load
     run.start_ray()
-    ds, columns = read_input(cfg)
+    ds, columns, selected = read_input(cfg)
     if cfg.method == "inverse":
-        return _finish(run, cfg, echo, ds, None, _inverse_stage(cfg, model_id, echo))
+        return _finish(run, cfg, echo, ds, None, _inverse_stage(cfg, model_id, echo), selected)
     weights = normalise_weights(cfg.kinds)
     echo(
         f"harmony synthesize: {cfg.manifest} -> {cfg.output}; masks {cfg.mask_source}"
@@ -126,7 +153,8 @@ def _synthesize(run: JobRun, cfg: SynthesizeJobConfig, echo) -> JobResult:
         if len(donors) < 2:
             echo("warning: fewer than 2 donors; colour-transfer draws without a donor are rejected (no_donor)")
 
-    return _finish(run, cfg, echo, ds, donors, SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pools.synthesize.on_cluster(False)))
+    return _finish(run, cfg, echo, ds, donors, SynthesizeStage(cfg=cfg, donors=donors, pool=cfg.pools.synthesize.on_cluster(False)),
+                   selected)
 
 
 def inverse_model_id(cfg: SynthesizeJobConfig) -> str | None:
@@ -157,9 +185,10 @@ def _inverse_stage(cfg: SynthesizeJobConfig, model_id: str, echo) -> SynthesizeS
     return InverseSynthesizeStage(cfg=cfg, model_id=model_id, pool=cfg.pools.model.on_cluster(has_gpu))
 
 
-def _finish(run: JobRun, cfg: SynthesizeJobConfig, echo, ds, donors: DonorPool | None, stage: SynthesizeStage) -> JobResult:
+def _finish(run: JobRun, cfg: SynthesizeJobConfig, echo, ds, donors: DonorPool | None, stage: SynthesizeStage,
+            selected: list[str]) -> JobResult:
     # Each finished block's parameter rows go to the journal as the job streams; assembly reads the parts.
-    run.stream(ds, [stage], finalize=to_arrow, columns=ds.columns(), read_back=False)
+    run.stream(ds, [stage], finalize=to_arrow, columns=selected, read_back=False)
     counts = assemble(cfg, run.journal)
     wall = run.wall
     summary = {

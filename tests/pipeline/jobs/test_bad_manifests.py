@@ -113,3 +113,11 @@ def test_synthesize_reads_a_jsonl_with_mixed_columns_and_wrong_types_row_by_row(
     assert first.loc["7", "message"] == "id: must be a string, not int"
     assert first.loc["", "message"].startswith("line is not JSON")
     assert first.loc["a", "status"] != "invalid" and first.loc["c", "status"] != "invalid"
+
+
+def test_synthesize_checks_a_jsonl_manifests_columns_before_running_and_runs_an_empty_one(ray_local, folder, capsys):
+    (folder / "noreal.jsonl").write_text(json.dumps({"id": "a", "photo": "c.png"}) + "\n")
+    assert cli_main(["synthesize", "--manifest", "noreal.jsonl", "--output", "s1", "--mask-source", "blob"]) == 2
+    assert "lacks column(s) ['real']" in capsys.readouterr().err
+    (folder / "empty.jsonl").write_text("")
+    assert cli_main(["synthesize", "--manifest", "empty.jsonl", "--output", "s2", "--mask-source", "blob"]) == 0

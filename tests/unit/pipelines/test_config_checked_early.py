@@ -58,9 +58,18 @@ def test_a_cluster_that_may_grow_is_waited_for_until_the_deadline():
         await_placeable(stages, lambda: [{"CPU": 8.0}], grows=True, deadline_s=30, echo=said.append, every_s=10,
                         clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
     assert said and "waiting for nodes" in said[0]
+    asked = []
     grown = iter([[{"CPU": 8.0}], [{"CPU": 8.0}, {"CPU": 8.0, "GPU": 1.0}]])
     await_placeable(stages, lambda: next(grown), grows=True, deadline_s=30, echo=said.append,
-                    clock=lambda: 0.0, sleep=lambda s: None)
+                    clock=lambda: 0.0, sleep=lambda s: None, request=asked.append)
+    # the autoscaler is asked for such a node (it scales on demand, and no task asks yet), then the ask withdrawn
+    assert asked == [[{"CPU": 1.0, "GPU": 1.0}], []]
+
+
+def test_whether_ray_can_grow_is_read_from_who_started_it():
+    from pipelines.core.resources import ray_can_grow
+
+    assert ray_can_grow() is True  # no Ray started by this process: not known to be a fixed local one
 
 
 def test_a_cuda_device_a_worker_cannot_see_is_refused():

@@ -119,3 +119,16 @@ def test_any_json_values_in_any_column_give_one_metrics_row_per_input_row(tmp_pa
     assert table.column("row").to_pylist() == list(range(len(records)))
     assert set(COLUMNS) <= set(table.column_names)
     assert np.all(np.isin(table.column("status").to_pylist(), ["invalid", "failed"]))
+
+
+def test_typed_pass_through_columns_are_carried_as_they_are(tmp_path):
+    p = tmp_path / "typed.parquet"
+    pd.DataFrame({"id": ["a", "b", "c"], "composite": ["c.png"] * 3, "mask": ["m.png"] * 3,
+                  "qty": pd.array([1, None, 3], dtype="Int64"), "when": pd.to_datetime(["2024-01-01"] * 3),
+                  "flag": pd.array([True, None, False], dtype="boolean"), "price": [1.5, np.nan, 2.0]}).to_parquet(p)
+    out = read_manifest(str(p))
+    assert out["qty"].tolist()[0] == 1 and pd.isna(out["qty"].tolist()[1]) and str(out["when"].dtype).startswith("datetime")
+    assert out["flag"].tolist()[0] is True or out["flag"].tolist()[0] == True  # noqa: E712 - numpy/pandas bools
+    assert np.isnan(out["price"].tolist()[1])
+    table = to_arrow(finished(prepare_rows(out, str(p), str(tmp_path / "o"), "png", 0)))
+    assert table.column("qty").to_pylist() == [1, None, 3]

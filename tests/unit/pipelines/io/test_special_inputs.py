@@ -104,9 +104,9 @@ def test_s3_clients_make_one_bounded_attempt_per_request_and_options_override_it
     from pipelines.io.storage import S3_CLIENT_CONFIG, fsspec_options
 
     cfg = fsspec_options("s3://b/k", {"endpoint_url": "http://127.0.0.1:9"})["config_kwargs"]
-    assert cfg == S3_CLIENT_CONFIG and cfg["retries"] == {"max_attempts": 1}
-    cfg = fsspec_options("s3://b/k", {"read_timeout": 5, "config_kwargs": {"connect_timeout": 1}})["config_kwargs"]
-    assert cfg["read_timeout"] == 5 and cfg["connect_timeout"] == 1
+    assert cfg == S3_CLIENT_CONFIG and cfg["retries"] == {"total_max_attempts": 1}
+    cfg = fsspec_options("s3://b/k", {"read_timeout": "2.5", "config_kwargs": {"connect_timeout": 1}})["config_kwargs"]
+    assert cfg["read_timeout"] == 2.5 and cfg["connect_timeout"] == 1  # text from a flag, as a number
     assert "config_kwargs" not in fsspec_options("/local/path", {"read_timeout": 5})
 
 
