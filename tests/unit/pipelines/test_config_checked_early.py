@@ -66,10 +66,19 @@ def test_a_cluster_that_may_grow_is_waited_for_until_the_deadline():
     assert asked == [[{"CPU": 1.0, "GPU": 1.0}], []]
 
 
-def test_whether_ray_can_grow_is_read_from_who_started_it():
+def test_whether_ray_can_grow_is_read_from_who_started_it(monkeypatch):
+    import types
+
+    import ray._private.worker as worker
+
     from pipelines.core.resources import ray_can_grow
 
+    monkeypatch.setattr(worker, "_global_node", None)
     assert ray_can_grow() is True  # no Ray started by this process: not known to be a fixed local one
+    monkeypatch.setattr(worker, "_global_node", types.SimpleNamespace(head=True))
+    assert ray_can_grow() is False  # this process started the head: a local instance, which never grows
+    monkeypatch.setattr(worker, "_global_node", types.SimpleNamespace(head=False))
+    assert ray_can_grow() is True  # joined a cluster
 
 
 def test_a_cuda_device_a_worker_cannot_see_is_refused():
