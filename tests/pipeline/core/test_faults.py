@@ -256,6 +256,16 @@ def s3_dataset(bucket: str, opts: dict, good: int = 6, real: bool = False) -> pd
     return manifest
 
 
+def baseline_through(proxy, bucket: str, options: dict, **settings):
+    """(result, seconds) of the baseline job on s3_dataset's manifest, its storage reached through `proxy`."""
+    opts = {"endpoint_url": proxy.endpoint, "key": "testing-key-id", "secret": "testing-secret-value", **options}
+    cfg = HarmonizeJobConfig(manifest=f"{bucket}/data/manifest.parquet", output=f"{bucket}/out",
+                             model=ModelConfig(engine="baseline"), pools=pools(4), block_rows=4, storage_options=opts,
+                             **settings)
+    t = time.time()
+    return run_harmonize(cfg, echo=quiet), time.time() - t
+
+
 def test_flaky_object_storage_retries_then_fails_only_the_broken_row(ray_local, s3_bucket):
     bucket, opts = s3_bucket
     manifest = s3_dataset(bucket, opts, good=4)
@@ -265,14 +275,8 @@ def test_flaky_object_storage_retries_then_fails_only_the_broken_row(ray_local, 
                     always_fail=("doomed",))
     with FlakyS3Proxy(opts["endpoint_url"], faults) as proxy:
         # botocore's own retries off, so every injected error reaches s3fs and the job's retry loop
-        flaky = {"endpoint_url": proxy.endpoint, "key": "testing-key-id", "secret": "testing-secret-value",
-                 "config_kwargs": {"retries": {"total_max_attempts": 1}}}
-        cfg = HarmonizeJobConfig(manifest=f"{bucket}/data/manifest.parquet", output=f"{bucket}/out",
-                                 model=ModelConfig(engine="baseline"), pools=pools(4), block_rows=4,
-                                 storage_options=flaky, retries=2)
-        t = time.time()
-        result = run_harmonize(cfg, echo=quiet)
-        took = time.time() - t
+        result, took = baseline_through(proxy, bucket, {"config_kwargs": {"retries": {"total_max_attempts": 1}}},
+                                        retries=2)
     m = result.metrics.set_index("id")
     assert result.exit_code == 0 and len(m) == len(manifest)
     assert m.loc["doomed", "status"] == "failed" and m.loc["doomed", "error_type"] == "storage_error"
@@ -298,14 +302,7 @@ def test_an_object_store_that_answers_late_fails_its_row_by_the_deadline_and_the
     name = bucket.split("://", 1)[1]
     faults = Faults(slow=(f"/{name}/data/comp/1.png",), delay_s=20.0)
     with FlakyS3Proxy(opts["endpoint_url"], faults) as proxy:
-        slow = {"endpoint_url": proxy.endpoint, "key": "testing-key-id", "secret": "testing-secret-value",
-                "read_timeout": 2}
-        cfg = HarmonizeJobConfig(manifest=f"{bucket}/data/manifest.parquet", output=f"{bucket}/out",
-                                 model=ModelConfig(engine="baseline"), pools=pools(4), block_rows=4,
-                                 storage_options=slow, retries=3, read_deadline_seconds=8)
-        t = time.time()
-        result = run_harmonize(cfg, echo=quiet)
-        took = time.time() - t
+        result, took = baseline_through(proxy, bucket, {"read_timeout": 2}, retries=3, read_deadline_seconds=8)
     m = result.metrics.set_index("id")
     assert result.exit_code == 0 and len(m) == len(manifest)
     assert m.loc["img1", "status"] == "failed" and m.loc["img1", "error_type"] == "storage_error"
